@@ -1,0 +1,28 @@
+"""Checkpoint I/O: Hugging Face directories, GGUF files, registered names."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from genrm_jax.io import hf, registry
+from genrm_jax.models import llama
+
+
+@dataclasses.dataclass
+class Model:
+    config: llama.LlamaConfig
+    params: llama.Params
+    tokenizer: Any
+    path: str  # the Hugging Face directory it was read from
+
+
+def load_model(name_or_path: str = registry.DEFAULT_MODEL, *, param_dtype: str = "float32",
+               compute_dtype: str | None = None, shardings=None, tokenizer: bool = True) -> Model:
+    """One loader for registered names, GGUF files and Hugging Face directories."""
+    from genrm_jax import tokenizer as tok_lib
+
+    path = registry.resolve(name_or_path)
+    config = hf.load_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype or param_dtype)
+    tok = tok_lib.load_tokenizer(path) if tokenizer else None  # fail on a missing tokenizer before reading weights
+    params = hf.load_params(path, config, shardings=shardings)
+    return Model(config, params, tok, path)

@@ -1,0 +1,217 @@
+"""Hugging Face checkpoint directories in and out: config.json + safetensors (single file or sharded index).
+
+Loading reads tensor by tensor into preallocated stacked arrays and moves each finished leaf to the device
+before the next is built, so peak host memory stays near one copy of the weights. Every expected tensor is
+checked for presence and shape before any weight is read; pickle (`*.bin`) checkpoints are refused.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from genrm_jax.io import safetensors_file as st
+from genrm_jax.models import llama
+
+_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja", "chat_template.json", "generation_config.json", "vocab.json",
+                   "merges.txt", "added_tokens.json")
+# Buffers some exporters save that carry no weights.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def load_config(model_dir: str, **overrides) -> llama.LlamaConfig:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
+    with open(path) as f:
+        try:
+            hf = json.load(f)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: invalid JSON: {e}") from None
+    return llama.config_from_hf(hf, source=path, **overrides)
+
+
+# (our layer key, HF name under model.layers.{i}., HF (out, in) -> ours, ours -> HF)
+def _layer_table(c: llama.LlamaConfig):
+    D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    return [
+        ("attn_norm", "input_layernorm.weight", lambda w: w, lambda w: w),
+        ("wq", "self_attn.q_proj.weight", lambda w: w.T.reshape(D, H, Dh), lambda w: w.reshape(D, H * Dh).T),
+        ("wk", "self_attn.k_proj.weight", lambda w: w.T.reshape(D, K, Dh), lambda w: w.reshape(D, K * Dh).T),
+        ("wv", "self_attn.v_proj.weight", lambda w: w.T.reshape(D, K, Dh), lambda w: w.reshape(D, K * Dh).T),
+        ("wo", "self_attn.o_proj.weight", lambda w: w.T.reshape(H, Dh, D), lambda w: w.reshape(H * Dh, D).T),
+        ("mlp_norm", "post_attention_layernorm.weight", lambda w: w, lambda w: w),
+        ("w_gate", "mlp.gate_proj.weight", lambda w: w.T, lambda w: w.T),
+        ("w_up", "mlp.up_proj.weight", lambda w: w.T, lambda w: w.T),
+        ("w_down", "mlp.down_proj.weight", lambda w: w.T, lambda w: w.T),
+    ]
+
+
+def _top_table(c: llama.LlamaConfig):
+    rows = [("embed", "model.embed_tokens.weight", lambda w: w, lambda w: w),
+            ("final_norm", "model.norm.weight", lambda w: w, lambda w: w)]
+    if not c.tie_word_embeddings:
+        rows.append(("lm_head", "lm_head.weight", lambda w: w.T, lambda w: w.T))
+    return rows
+
+
+def hf_tensor_shapes(c: llama.LlamaConfig) -> dict[str, tuple]:
+    """Name -> shape of every tensor a checkpoint of this config must hold."""
+    shapes = llama.param_shapes(c)
+    out = {}
+    for key, name, _, to_hf in _top_table(c):
+        out[name] = to_hf(np.empty(shapes[key][0], np.bool_)).shape
+    for key, name, _, to_hf in _layer_table(c):
+        shape = to_hf(np.empty(shapes["layers"][key][0][1:], np.bool_)).shape
+        for i in range(c.num_layers):
+            out[f"model.layers.{i}.{name}"] = shape
+    return out
+
+
+def _index(model_dir: str) -> dict[str, st.TensorInfo]:
+    index_path = os.path.join(model_dir, _INDEX)
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if not files:
+        pickles = glob.glob(os.path.join(model_dir, "*.bin")) + glob.glob(os.path.join(model_dir, "*.pt"))
+        hint = " (only pickle checkpoints found; genrm-jax never unpickles: convert them to safetensors)" if pickles else ""
+        raise CheckpointError(f"{model_dir}: no .safetensors weights{hint}")
+    tensors = {}
+    for fname in files:
+        path = os.path.join(model_dir, fname)
+        if not os.path.exists(path):
+            raise CheckpointError(f"{index_path}: lists {fname}, which does not exist")
+        tensors.update(st.read_header(path))
+    return tensors
+
+
+def check_checkpoint(model_dir: str, config: llama.LlamaConfig) -> dict[str, st.TensorInfo]:
+    """Validates names and shapes of every tensor without reading weights."""
+    tensors = _index(model_dir)
+    expected = hf_tensor_shapes(config)
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{model_dir}: missing tensor {missing[0]!r}{more}")
+    for name, shape in expected.items():
+        if tensors[name].shape != tuple(shape):
+            raise CheckpointError(f"{tensors[name].path}: tensor {name!r} has shape {tensors[name].shape}, "
+                                  f"expected {tuple(shape)} from config.json")
+    tolerated = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    extra = [n for n in tensors if n not in expected and n not in tolerated and not n.endswith(_IGNORED_SUFFIXES)]
+    if extra:
+        raise CheckpointError(f"{model_dir}: unexpected tensor {extra[0]!r} ({len(extra)} in all): "
+                              "not a plain Llama checkpoint")
+    return tensors
+
+
+def _np_dtype(name: str):
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> llama.Params:
+    """Reads weights into the stacked param layout, in `config.param_dtype`.
+
+    `shardings`: optional pytree of `jax.sharding.Sharding` matching the params (see sharding.py); each
+    device then receives only its shard.
+    """
+    tensors = check_checkpoint(model_dir, config)
+    dtype = _np_dtype(config.param_dtype)
+    shapes = llama.param_shapes(config)
+    shard_leaves = None
+    if shardings is not None:
+        shard_leaves = dict(zip(_leaf_keys(shapes), jax.tree.leaves(shardings)))
+
+    def place(key, arr):
+        if shard_leaves is None:
+            return jnp.asarray(arr)
+        return jax.make_array_from_callback(arr.shape, shard_leaves[key], lambda idx: arr[idx])
+
+    params: dict = {"layers": {}}
+    for key, name, to_ours, _ in _top_table(config):
+        w = to_ours(st.read_tensor(tensors[name])).astype(dtype, copy=False)
+        params[key] = place(key, np.ascontiguousarray(w))
+        del w
+    for key, name, to_ours, _ in _layer_table(config):
+        stacked = np.empty(shapes["layers"][key][0], dtype)
+        for i in range(config.num_layers):
+            stacked[i] = to_ours(st.read_tensor(tensors[f"model.layers.{i}.{name}"]))
+        params["layers"][key] = place("layers/" + key, stacked)
+        del stacked  # the device copy is the only one left
+    return params
+
+
+def _leaf_keys(tree, prefix=""):
+    keys = []
+    for k in sorted(tree):
+        v = tree[k]
+        if isinstance(v, dict):
+            keys += _leaf_keys(v, prefix + k + "/")
+        else:
+            keys.append(prefix + k)
+    return keys
+
+
+def save_hf(params: llama.Params, config: llama.LlamaConfig, out_dir: str, *, tokenizer_dir: str | None = None,
+            dtype: str | None = None, max_shard_bytes: int = 4 << 30) -> None:
+    """Writes a directory that `transformers` loads as LlamaForCausalLM (weights, config, tokenizer)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = dtype or config.param_dtype
+    np_dtype = _np_dtype(dtype)
+    params = llama.stack_layers(params)
+
+    def tensors():
+        for key, name, _, to_hf in _top_table(config):
+            yield name, to_hf(np.asarray(jax.device_get(params[key])))
+        for key, name, _, to_hf in _layer_table(config):
+            stacked = np.asarray(jax.device_get(params["layers"][key]))
+            for i in range(config.num_layers):
+                yield f"model.layers.{i}.{name}", to_hf(stacked[i])
+
+    shards, current, size = [], {}, 0
+    for name, w in tensors():
+        w = np.ascontiguousarray(w.astype(np_dtype))
+        if current and size + w.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = w
+        size += w.nbytes
+    shards.append(current)
+
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        for name, w in shard.items():
+            weight_map[name] = fname
+            total += w.nbytes
+    if len(shards) > 1:
+        with open(os.path.join(out_dir, _INDEX), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+    hf_config = llama.config_to_hf(config)
+    hf_config["torch_dtype"] = dtype
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    if tokenizer_dir and os.path.abspath(tokenizer_dir) != os.path.abspath(out_dir):
+        for fname in TOKENIZER_FILES:
+            src = os.path.join(tokenizer_dir, fname)
+            if os.path.exists(src):
+                shutil.copy(src, os.path.join(out_dir, fname))

@@ -1,0 +1,369 @@
+"""Llama in pure JAX: config, parameter init with logical axes, and the forward pass.
+
+Params are a plain dict pytree. Per-layer weights are stacked along a leading "layers" axis so that the
+layer loop is a `lax.scan` (one compiled layer, cheap remat); `unstack_layers` turns them into a list for
+the sampler, whose unrolled loop updates each layer's KV cache in place.
+
+Weight layout (HF's (out, in) matrices are transposed and split per head on import):
+  embed [V, D]; wq [D, H, Dh]; wk, wv [D, K, Dh]; wo [H, Dh, D]; w_gate, w_up [D, F]; w_down [F, D].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = dict[str, Any]
+
+_SUPPORTED_MODEL_TYPES = ("llama",)
+_SUPPORTED_ACTIVATIONS = ("silu",)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # llama3 scaling as a hashable tuple: (factor, low_freq_factor, high_freq_factor, original_max_pos).
+    rope_llama3: tuple[float, float, float, int] | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    bos_token_id: int | None = 1
+    eos_token_ids: tuple[int, ...] = (2,)
+    pad_token_id: int | None = None
+    initializer_range: float = 0.02
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    remat: bool = False  # jax.checkpoint each layer: ~same speed on CPU, half the activation memory
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+
+    def replace(self, **kw) -> "LlamaConfig":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def num_params(self) -> int:
+        d, f, h, k, hd = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
+        per_layer = d * hd * (2 * h + 2 * k) + 3 * d * f + 2 * d
+        head = 0 if self.tie_word_embeddings else d * self.vocab_size
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> LlamaConfig:
+    """Builds a LlamaConfig from a Hugging Face config.json dict; unsupported features raise by name."""
+
+    def bad(field, value, why):
+        raise ValueError(f"{source}: unsupported {field}={value!r} ({why}); genrm-jax supports Llama 2/3.x and SmolLM2")
+
+    model_type = hf.get("model_type")
+    if model_type not in _SUPPORTED_MODEL_TYPES:
+        bad("model_type", model_type, "only 'llama' is implemented")
+    for field in ("attention_bias", "mlp_bias"):
+        if hf.get(field):
+            bad(field, hf[field], "bias terms are not implemented")
+    if hf.get("sliding_window") not in (None, 0) and hf.get("use_sliding_window", True):
+        bad("sliding_window", hf["sliding_window"], "sliding-window attention is not implemented")
+    if hf.get("hidden_act", "silu") not in _SUPPORTED_ACTIVATIONS:
+        bad("hidden_act", hf["hidden_act"], "only silu is implemented")
+    if hf.get("pretraining_tp", 1) not in (1, None):
+        bad("pretraining_tp", hf["pretraining_tp"], "tensor-parallel pretraining split is not implemented")
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if field not in hf:
+            raise ValueError(f"{source}: missing required field {field!r}")
+
+    # transformers 5 moved rope settings into `rope_parameters`; older files use rope_theta + rope_scaling.
+    rope = dict(hf.get("rope_scaling") or {})
+    rope.update(hf.get("rope_parameters") or {})
+    rope_theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    llama3 = None
+    if rope_type == "llama3":
+        llama3 = (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                  int(rope["original_max_position_embeddings"]))
+    elif rope_type not in ("default", None):
+        bad("rope_scaling.rope_type", rope_type, "only default and llama3 RoPE are implemented")
+
+    heads = hf["num_attention_heads"]
+    eos = hf.get("eos_token_id", 2)
+    eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+    cfg = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        rope_theta=rope_theta,
+        rope_llama3=llama3,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=eos,
+        pad_token_id=hf.get("pad_token_id"),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def config_to_hf(config: LlamaConfig) -> dict:
+    """The config.json that `transformers` reads as LlamaForCausalLM."""
+    rope_scaling = None
+    if config.rope_llama3:
+        f, lo, hi, orig = config.rope_llama3
+        rope_scaling = dict(rope_type="llama3", factor=f, low_freq_factor=lo, high_freq_factor=hi,
+                            original_max_position_embeddings=orig)
+    eos = list(config.eos_token_ids)
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "max_position_embeddings": config.max_position_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "pad_token_id": config.pad_token_id,
+        "initializer_range": config.initializer_range,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": config.param_dtype,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+
+def param_shapes(config: LlamaConfig) -> dict:
+    """Shape and logical axis names of every parameter: the single source of truth for the layout."""
+    c = config
+    L, D, F, H, K, Dh, V = (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+                            c.head_dim, c.vocab_size)
+    layer = {
+        "attn_norm": ((D,), ("norm",)),
+        "wq": ((D, H, Dh), ("embed", "q_heads", "head_dim")),
+        "wk": ((D, K, Dh), ("embed", "kv_heads", "head_dim")),
+        "wv": ((D, K, Dh), ("embed", "kv_heads", "head_dim")),
+        "wo": ((H, Dh, D), ("q_heads", "head_dim", "embed")),
+        "mlp_norm": ((D,), ("norm",)),
+        "w_gate": ((D, F), ("embed", "mlp")),
+        "w_up": ((D, F), ("embed", "mlp")),
+        "w_down": ((F, D), ("mlp", "embed")),
+    }
+    spec = {
+        "embed": ((V, D), ("vocab", "embed")),
+        "layers": {k: ((L,) + s, ("layers",) + a) for k, (s, a) in layer.items()},
+        "final_norm": ((D,), ("norm",)),
+    }
+    if not c.tie_word_embeddings:
+        spec["lm_head"] = ((D, V), ("embed", "vocab"))
+    return spec
+
+
+def _is_spec(x):
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple)
+
+
+def logical_axes(config: LlamaConfig) -> dict:
+    """Pytree matching `init`'s params, each leaf a tuple of logical axis names (see sharding.py)."""
+    return jax.tree.map(lambda s: s[1], param_shapes(config), is_leaf=_is_spec)
+
+
+def init(rng: jax.Array, config: LlamaConfig) -> Params:
+    """Random params as Hugging Face initialises them: N(0, initializer_range) matrices, unit norms."""
+    spec = param_shapes(config)
+    leaves, treedef = jax.tree.flatten(spec, is_leaf=_is_spec)
+    keys = jax.random.split(rng, len(leaves))
+    dtype = jnp.dtype(config.param_dtype)
+
+    def make(key, leaf):
+        shape, axes = leaf
+        if axes[-1] == "norm":
+            return jnp.ones(shape, dtype)
+        return (config.initializer_range * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    return jax.tree.unflatten(treedef, [make(k, l) for k, l in zip(keys, leaves)])
+
+
+def unstack_layers(params: Params) -> Params:
+    """Stacked layer weights -> a list of per-layer dicts (for unrolled decoding)."""
+    layers = params["layers"]
+    if isinstance(layers, (list, tuple)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": [jax.tree.map(lambda w: w[i], layers) for i in range(n)]}
+
+
+def stack_layers(params: Params) -> Params:
+    layers = params["layers"]
+    if not isinstance(layers, (list, tuple)):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *ws: jnp.stack(ws), *layers)}
+
+
+# --------------------------------------------------------------------------------------------- compute
+
+
+def rms_norm(x, weight, eps):
+    # Statistics in fp32, the weight multiplied in the input dtype, as Hugging Face does.
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
+    dh = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+    if config.rope_llama3:
+        factor, lo, hi, orig = config.rope_llama3
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > orig / lo, inv / factor, inv)
+        smooth = (orig / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= orig / hi) & (wavelen <= orig / lo)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+    """Rotate-half RoPE. x [B, T, N, Dh]; positions [B, T] int."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+_MASKED = -1e30  # finite so that a fully masked (padding) row gives a uniform softmax, not NaN
+
+
+def attention(q, k, v, mask):
+    """Grouped-query attention without repeating K/V.
+
+    q [B, T, H, Dh]; k, v [B, S, K, Dh]; mask [B, T, S] bool (True = may attend).
+    """
+    b, t, h, dh = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (dh ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+def mlp(lp, x):
+    gate = jnp.einsum("btd,df->btf", x, lp["w_gate"].astype(x.dtype))
+    up = jnp.einsum("btd,df->btf", x, lp["w_up"].astype(x.dtype))
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["w_down"].astype(x.dtype))
+
+
+def qkv(lp, x, positions, config, inv_freq):
+    dt = x.dtype
+    q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, lp["wk"].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, lp["wv"].astype(dt))
+    return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+
+def layer(lp, x, positions, mask, config, inv_freq, kv_update=None):
+    """One decoder layer. `kv_update(k, v) -> (k_all, v_all)` lets the sampler splice in its KV cache."""
+    h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
+    q, k, v = qkv(lp, h, positions, config, inv_freq)
+    if kv_update is not None:
+        k, v = kv_update(k, v)
+    a = attention(q, k, v, mask)
+    x = x + jnp.einsum("bthk,hkd->btd", a, lp["wo"].astype(x.dtype))
+    return x + mlp(lp, rms_norm(x, lp["mlp_norm"], config.rms_norm_eps))
+
+
+def embed(params, tokens, config):
+    return params["embed"].astype(config.compute_dtype)[tokens]
+
+
+def unembed(params, hidden, config):
+    """Final norm is *not* applied here: `hidden` is already normed."""
+    if config.tie_word_embeddings:
+        w = params["embed"].astype(hidden.dtype)
+        return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=jnp.float32)
+    w = params["lm_head"].astype(hidden.dtype)
+    return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+
+
+def causal_mask(segment_ids):
+    """[B, T] segment ids (0 = padding) -> [B, T, T]: causal within a segment (packing-safe)."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal[None] & same & (segment_ids[:, None, :] > 0)
+
+
+class Output(NamedTuple):
+    logits: jax.Array | None  # [B, T, V] float32, None when logits=False
+    hidden: jax.Array | None  # [B, T, D] after the final norm, when return_hidden=True
+
+
+def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segment_ids=None,
+            attention_mask=None, logits: bool = True, return_hidden: bool = False) -> Output:
+    """Full-sequence forward pass.
+
+    tokens [B, T] int. `attention_mask` [B, T] (1 = real token) or `segment_ids` [B, T] (packed sequences,
+    0 = padding). `positions` default to each token's index among the real tokens of its segment, which
+    makes left padding and packing give the same logits as an unpadded sequence.
+    """
+    if segment_ids is None:
+        segment_ids = (jnp.ones_like(tokens) if attention_mask is None else attention_mask).astype(jnp.int32)
+    if positions is None:
+        positions = segment_positions(segment_ids)
+    mask = causal_mask(segment_ids)
+    inv_freq = jnp.asarray(rope_inv_freq(config))
+    x = embed(params, tokens, config)
+
+    def body(x, lp):
+        return layer(lp, x, positions, mask, config, inv_freq), None
+
+    if config.remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    if isinstance(params["layers"], (list, tuple)):
+        for lp in params["layers"]:
+            x, _ = body(x, lp)
+    else:
+        x, _ = jax.lax.scan(body, x, params["layers"])
+
+    hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
+    return Output(unembed(params, hidden, config) if logits else None, hidden if return_hidden else None)
+
+
+def segment_positions(segment_ids):
+    """Index of each token among the real tokens of its segment (padding gets 0)."""
+    real = (segment_ids > 0).astype(jnp.int32)
+    start = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                             segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    # cumulative count of real tokens, reset at every segment start
+    idx = jnp.cumsum(real, axis=1)
+    base = jax.lax.cummax(jnp.where(start, idx - real, 0), axis=1)
+    return jnp.maximum(idx - base - 1, 0)
