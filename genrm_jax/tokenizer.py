@@ -19,13 +19,9 @@ def load_tokenizer(model_dir: str):
     if has_fast:
         tok = AutoTokenizer.from_pretrained(model_dir)
     else:
-        from transformers import LlamaTokenizer
+        from transformers import LlamaTokenizer  # Llama 2 style: sentencepiece model, dummy-prefix space
 
-        tok = LlamaTokenizer(vocab_file=os.path.join(model_dir, "tokenizer.model"))
-        template = os.path.join(model_dir, "chat_template.jinja")
-        if os.path.exists(template):
-            with open(template) as f:
-                tok.chat_template = f.read()
+        tok = LlamaTokenizer.from_pretrained(model_dir)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
