@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # torch is only a reference for parity tests and benchmarks; 2.13.0 is the local CPU wheel.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0"],  # accelerate: transformers' own GGUF loader
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
