@@ -45,6 +45,10 @@ class LlamaConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: bool = False  # jax.checkpoint each layer: ~same speed on CPU, half the activation memory
+    # With remat: a jax.checkpoint_policies name choosing what each layer keeps for the backward pass; "" = nothing.
+    # "dots_with_no_batch_dims_saveable" keeps the weight matmuls' outputs and recomputes only elementwise ops and
+    # attention: the training step then does no matmul twice.
+    remat_policy: str = ""
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -347,7 +351,8 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
         return layer(lp, x, positions, mask, config, inv_freq), None
 
     if config.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
+        policy = getattr(jax.checkpoint_policies, config.remat_policy) if config.remat_policy else None
+        body = jax.checkpoint(body, prevent_cse=False, policy=policy)
     if isinstance(params["layers"], (list, tuple)):
         for lp in params["layers"]:
             x, _ = body(x, lp)

@@ -1,0 +1,61 @@
+r"""Zero-shot LLM-as-judge evaluation (big_vision style: `--config=experiments/configs/llm_judge.py:PRESET`).
+
+Presets:
+  default  on a stratified RewardBench sample of `eval.per_subset` pairs from each of the 23 subsets, sized to
+           finish in minutes on a 2-core CPU: the CoT judge (the paper's LLM-as-judge prompt, greedy, one
+           judgment per pair, `[[A]]`/`[[B]]` parsed) and the GenRM verdict-token probabilities (both orders).
+  full     the same on all 2985 RewardBench pairs.
+  genrm    GenRM verdict-token probabilities only, on a larger stratified sample.
+  majk     32 sampled verdicts per pair (temperature 1): maj@k curves for k = 1 ... 32 with 95% CIs.
+  hh       the CoT judge on the four bundled HH-RLHF test splits (stratified by split).
+
+Any preset takes a file in the generic JSONL format instead of the bundled data:
+  python -m experiments.llm_judge --workdir DIR --config.eval.path=FILE.jsonl --config.eval.limit=N
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    preset = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.model = "smollm2-135m-instruct"  # registered name, GGUF file or Hugging Face directory
+    c.seed = 0
+    c.methods = "cot,genrm"  # comma-separated api.METHODS judged in turn; each is reported as DATASET/METHOD
+
+    c.judge = ml_collections.ConfigDict(dict(
+        method="cot", prompt="judge", k=1, temperature=0.0, top_p=1.0, max_new_tokens=96, position="fixed",
+        invalid_score=0.5, max_answer_tokens=128, stop_strings=(), reward_eps=1e-3,
+    ))
+    c.per_method = ml_collections.ConfigDict({"genrm": {"position": "both"}})  # overrides of `judge`
+    c.engine = ml_collections.ConfigDict(dict(max_batch=16, cache_dtype="float32"))
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.dataset = "rewardbench"   # "rewardbench" | "hh-rlhf" (bundled files); ignored when `path` is set
+    c.eval.path = ""                 # a preference file; its format is `eval.format`
+    c.eval.format = "jsonl"          # a sources.FORMATS entry, for `path`
+    c.eval.per_subset = 1            # stratified sample size per subset (bundled data); 0 = every pair
+    c.eval.limit = ml_collections.config_dict.placeholder(int)  # at most this many pairs per dataset
+    c.eval.ks = (1, 2, 4, 8, 16, 32)
+
+    if preset == "default":
+        pass
+    elif preset == "full":
+        c.eval.per_subset = 0
+    elif preset == "genrm":
+        c.methods = "genrm"
+        c.eval.per_subset = 10
+    elif preset == "majk":
+        # 32 sampled verdicts per pair from the GenRM prompt: a 135M model gives no parseable CoT verdicts
+        # (see the default run), so bare verdict letters are what carries signal to vote on. Use
+        # --config.judge.prompt=judge --config.judge.max_new_tokens=256 for CoT maj@k with a stronger model.
+        c.methods = "cot"
+        c.judge.update(prompt="genrm", k=32, temperature=1.0, max_new_tokens=4)
+        c.engine.max_batch = 32  # one batch per prompt: its 32 samples share one prefill
+        c.eval.per_subset = 1
+    elif preset == "hh":
+        c.eval.dataset = "hh-rlhf"
+        c.eval.per_subset = 12
+    else:
+        raise ValueError(f"unknown preset {preset!r}; expected default, full, genrm, majk or hh")
+    return c

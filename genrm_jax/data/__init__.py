@@ -1,0 +1,1 @@
+"""Preference data: file adapters (`sources`), deterministic splits and A/B order (`splits`)."""

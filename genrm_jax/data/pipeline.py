@@ -1,0 +1,308 @@
+"""Training records -> chat-template token ids and loss masks -> length-bucketed batches, with grain.
+
+Record kinds (see losses.KINDS):
+  sft         {"messages": [...], "target": str}: template with generation prompt, then target + EOS;
+              the loss mask covers the target tokens (EOS too when `train_eos`).
+  dpo / ipo   {"messages": [...], "chosen": str, "rejected": str}: two completions of one prompt.
+  bt          {"prompt": [...], "chosen": str, "rejected": str}: conversation + each answer as the
+              assistant turn; the reward head reads the final EOS.
+  pairrm      same record as bt: one sequence with both answers, presented in both orders (labels 1, 0).
+
+Too-long examples lose tokens from the left of the conversation prefix only, never from an answer, the target
+or the verdict; when an answer cannot fit even with a one-token prefix the example is skipped. Both are
+counted in `Pipeline.stats`. The batch order is a pure function of (seed, epoch), laid out as a grain
+MapDataset over the whole run, so the iterator's state is a single index that checkpoints exactly.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import json
+import logging
+from typing import Iterable, Sequence
+
+import grain
+import numpy as np
+
+from genrm_jax.tokenizer import chat_ids
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = {
+    "sft": ("messages", "target"),
+    "dpo": ("messages", "chosen", "rejected"),
+    "ipo": ("messages", "chosen", "rejected"),
+    "bt": ("prompt", "chosen", "rejected"),
+    "pairrm": ("prompt", "chosen", "rejected"),
+}
+_ROLES = ("user", "assistant", "system")
+PAIRRM_TEMPLATE = "[Answer A]\n{a}\n\n[Answer B]\n{b}"
+
+
+class DataError(ValueError):
+    """Bad training input; the message names the file and line (or record index) and the field."""
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_jsonl(path: str, *, limit: int | None = None) -> list[dict]:
+    """Training records from a JSON-lines file (.gz ok); each gets `source` = "path:line" for error messages."""
+    opener = gzip.open if path.endswith(".gz") else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            rec.setdefault("source", f"{path}:{lineno}")
+            out.append(rec)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def _where(rec: dict, index: int) -> str:
+    return str(rec.get("source") or f"record {index}")
+
+
+def validate(rec, kind: str, index: int = 0) -> None:
+    """Raises DataError naming location and field when `rec` is not a well-formed `kind` record."""
+    if kind not in REQUIRED_FIELDS:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {tuple(REQUIRED_FIELDS)}")
+    if not isinstance(rec, dict):
+        raise DataError(f"record {index}: expected a dict, got {type(rec).__name__}")
+    where = _where(rec, index)
+    for field in REQUIRED_FIELDS[kind]:
+        if field not in rec:
+            raise DataError(f"{where}: missing required field {field!r} for a {kind} record "
+                            f"(fields present: {sorted(rec)})")
+    conv_field = REQUIRED_FIELDS[kind][0]
+    conv = rec[conv_field]
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: field {conv_field!r}: expected a non-empty list of chat turns, "
+                        f"got {type(conv).__name__}")
+    for t, turn in enumerate(conv):
+        if not (isinstance(turn, dict) and turn.get("role") in _ROLES and isinstance(turn.get("content"), str)):
+            raise DataError(f"{where}: field {conv_field!r}[{t}]: expected {{'role': one of {_ROLES}, "
+                            f"'content': str}}, got {turn!r:.120}")
+    for field in REQUIRED_FIELDS[kind][1:]:
+        if not isinstance(rec[field], str):
+            raise DataError(f"{where}: field {field!r}: expected a string, got {type(rec[field]).__name__}")
+
+
+# -------------------------------------------------------------------------------------------- encoding
+
+
+def fit_prefix(prefix: Sequence[int], completion_lengths: Sequence[int], max_len: int):
+    """The prefix cut from the left so that prefix + the longest completion fits in max_len.
+
+    Returns (kept_prefix, truncated) or (None, False) when the completion leaves no room for even one prefix
+    token (a completion with no context would teach nothing about the prompt).
+    """
+    room = max_len - max(completion_lengths)
+    if room < 1:
+        return None, False
+    if len(prefix) <= room:
+        return list(prefix), False
+    return list(prefix[len(prefix) - room:]), True
+
+
+@dataclasses.dataclass
+class Stats:
+    records: int = 0
+    examples: int = 0
+    truncated: int = 0  # prefix cut from the left
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # reason -> count
+    skipped_where: list = dataclasses.field(default_factory=list)  # first few (location, reason)
+
+    def skip(self, where: str, reason: str):
+        self.skipped[reason] += 1
+        if len(self.skipped_where) < 20:
+            self.skipped_where.append((where, reason))
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "examples": self.examples, "truncated": self.truncated,
+                "skipped": dict(self.skipped), "first_skipped": [f"{w}: {r}" for w, r in self.skipped_where]}
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(self.skipped.items())) or "none"
+        return (f"{self.examples} of {self.records} records kept; {self.truncated} with the conversation prefix "
+                f"cut from the left; skipped: {skipped}")
+
+
+def _encode_text(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def encode_record(rec: dict, kind: str, tokenizer, max_len: int, *, train_eos: bool = False,
+                  index: int = 0, stats: Stats | None = None):
+    """One validated record -> {"tokens": [seq, ...], "loss_mask": [seq, ...], ...} of int32 arrays, or None.
+
+    Several sequences per example for the pair kinds (chosen, rejected) or (A-B, B-A) for PairRM.
+    """
+    stats = stats if stats is not None else Stats()
+    validate(rec, kind, index)
+    where = _where(rec, index)
+    eos = tokenizer.eos_token_id
+    conv = rec[REQUIRED_FIELDS[kind][0]]
+    answers = [rec["target"]] if kind == "sft" else [rec["chosen"], rec["rejected"]]
+    for field, a in zip(REQUIRED_FIELDS[kind][1:], answers):
+        if not a.strip():
+            stats.skip(where, f"empty_{field}")
+            return None
+    if kind == "pairrm":
+        texts = [PAIRRM_TEMPLATE.format(a=rec["chosen"], b=rec["rejected"]),
+                 PAIRRM_TEMPLATE.format(a=rec["rejected"], b=rec["chosen"])]
+    else:
+        texts = answers
+    completions = [_encode_text(tokenizer, t) + [eos] for t in texts]
+    prefix, truncated = fit_prefix(chat_ids(tokenizer, conv, add_generation_prompt=True),
+                                   [len(c) for c in completions], max_len)
+    if prefix is None:
+        stats.skip(where, "too_long")
+        return None
+    stats.truncated += truncated
+    tokens, masks = [], []
+    for c in completions:
+        tokens.append(np.asarray(prefix + c, np.int32))
+        m = np.zeros(len(prefix) + len(c), np.int32)
+        m[len(prefix):len(prefix) + len(c) - (0 if train_eos else 1)] = 1
+        masks.append(m)
+    ex = {"tokens": tokens, "loss_mask": masks, "length": max(len(t) for t in tokens)}
+    if kind == "pairrm":
+        ex["labels"] = np.asarray([1, 0], np.int32)
+    return ex
+
+
+def encode_records(records: Iterable[dict], kind: str, tokenizer, max_len: int, *, train_eos: bool = False,
+                   progress: bool = True):
+    """All records -> (examples, Stats). Missing fields raise; empty answers and misfits are skipped and counted."""
+    from tqdm.auto import tqdm
+
+    stats = Stats()
+    examples = []
+    total = len(records) if hasattr(records, "__len__") else None
+    for i, rec in enumerate(tqdm(records, total=total, desc=f"tokenize {kind}", disable=not progress)):
+        stats.records += 1
+        ex = encode_record(rec, kind, tokenizer, max_len, train_eos=train_eos, index=i, stats=stats)
+        if ex is not None:
+            examples.append(ex)
+    stats.examples = len(examples)
+    return examples, stats
+
+
+# -------------------------------------------------------------------------------------------- batching
+
+
+def default_buckets(max_len: int) -> tuple[int, ...]:
+    return tuple(sorted({b for b in (max_len // 4, max_len // 2, max_len) if b >= 8} | {max_len}))
+
+
+def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *, drop_remainder: bool = True):
+    """[(bucket_length, example indices)] for one epoch: shuffled within each bucket, batches shuffled.
+
+    A pure function of (seed, epoch): every epoch reshuffles, and any step's batch can be recomputed.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batches = []
+    for b in np.unique(buckets_of):
+        idx = np.flatnonzero(buckets_of == b)
+        rng.shuffle(idx)
+        stop = len(idx) - len(idx) % batch_size if drop_remainder else len(idx)
+        batches += [(int(b), idx[i:i + batch_size]) for i in range(0, stop, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(examples: Sequence[dict], length: int, pad_id: int) -> dict:
+    """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples)."""
+    n_seq = len(examples[0]["tokens"])
+    shape = (len(examples), n_seq, length)
+    tokens = np.full(shape, pad_id, np.int32)
+    mask = np.zeros(shape, np.int32)
+    loss_mask = np.zeros(shape, np.int32)
+    for i, ex in enumerate(examples):
+        for j, (t, m) in enumerate(zip(ex["tokens"], ex["loss_mask"])):
+            tokens[i, j, :len(t)] = t
+            mask[i, j, :len(t)] = 1
+            loss_mask[i, j, :len(t)] = m
+    out = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
+    if n_seq == 1:
+        out = {k: v[:, 0] for k, v in out.items()}
+    if "labels" in examples[0]:
+        out["labels"] = np.stack([ex["labels"] for ex in examples])
+    if "ref_logps" in examples[0]:
+        out["ref_logps"] = np.stack([ex["ref_logps"] for ex in examples]).astype(np.float32)
+    return out
+
+
+class _Collate(grain.transforms.Map):
+    def __init__(self, examples, pad_id):
+        self._examples, self._pad_id = examples, pad_id
+
+    def map(self, entry):
+        length, idx = entry
+        return collate([self._examples[i] for i in idx], length, self._pad_id)
+
+
+class Pipeline:
+    """Encoded examples of one kind, batched by length bucket over `epochs` seeded epochs.
+
+    `iterator()` is a grain DatasetIterator whose `get_state()` the checkpointer saves; `len(self)` is the number
+    of optimiser steps the plan holds.
+    """
+
+    def __init__(self, records: Iterable[dict], kind: str, tokenizer, *, max_len: int, batch_size: int,
+                 buckets: Sequence[int] | None = None, seed: int = 0, epochs: int = 1, train_eos: bool = False,
+                 drop_remainder: bool = True, progress: bool = True):
+        self.kind, self.batch_size, self.seed, self.epochs = kind, batch_size, seed, epochs
+        self.buckets = tuple(sorted(buckets)) if buckets else default_buckets(max_len)
+        if self.buckets[-1] != max_len:
+            raise ValueError(f"largest bucket {self.buckets[-1]} must equal max_len {max_len}")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.examples, self.stats = encode_records(records, kind, tokenizer, max_len, train_eos=train_eos,
+                                                   progress=progress)
+        log.info("%s data: %s", kind, self.stats.summary())
+        if not self.examples:
+            raise DataError(f"no usable {kind} examples: {self.stats.summary()}")
+        lengths = np.asarray([ex["length"] for ex in self.examples])
+        self.bucket_of = np.asarray(self.buckets)[np.searchsorted(self.buckets, lengths)]
+        self.plan = [b for e in range(epochs)
+                     for b in epoch_plan(self.bucket_of, batch_size, seed, e, drop_remainder=drop_remainder)]
+        if not self.plan:
+            raise DataError(f"{len(self.examples)} {kind} examples make no full batch of {batch_size} "
+                            f"in any length bucket {self.buckets}")
+        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id))
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def iterator(self):
+        return iter(self.dataset)
+
+    def sequential_batches(self, batch_size: int | None = None):
+        """Every example once, in order, bucket-padded; the last batch is filled with copies of its first
+        example and says how many rows are real in `n_valid` (for reference log-probs and evaluation)."""
+        bs = batch_size or self.batch_size
+        for start in range(0, len(self.examples), bs):
+            chunk = self.examples[start:start + bs]
+            n = len(chunk)
+            chunk = chunk + [chunk[0]] * (bs - n)
+            length = int(self.bucket_of[start:start + n].max())
+            batch = collate(chunk, length, self.pad_id)
+            batch["n_valid"] = n
+            yield batch
+
+    def attach_reference(self, ref_logps: np.ndarray):
+        """Stores the frozen reference's [N, 2] summed log-probs (losses.reference_logprobs) in the examples."""
+        ref_logps = np.asarray(ref_logps, np.float32)
+        if ref_logps.shape != (len(self.examples), 2):
+            raise ValueError(f"reference log-probs of shape {ref_logps.shape}; expected ({len(self.examples)}, 2)")
+        for ex, r in zip(self.examples, ref_logps):
+            ex["ref_logps"] = r

@@ -1,0 +1,167 @@
+"""Judge prompts as chat messages, rendered through the model's own chat template.
+
+Each builder returns `[{"role": ..., "content": ...}, ...]`; `render` turns that into token ids with the
+generation prompt appended, so the judge's reply starts exactly where sampling (or next-token scoring) begins.
+
+- `judge`: LLM-as-judge / STaR / CoT-GenRM (Mahan et al., 2024): reason, then `[[A]]` or `[[B]]`, no tie.
+- `rationalizer`: the same task with the true label given: explain why the better answer is better and end
+  with its verdict (STaR rationalization for examples the judge got wrong).
+- `genrm`: GenRM without reasoning: reply with the bare letter `A` or `B`.
+- `pointwise`, `pairwise`, `meta_judge`: Self-Rationalization (Trivedi et al., 2024) style: feedback against a
+  5-point rubric ending in `[RESULT] 1-5`, a pairwise choice ending in `[RESULT] 1` or `[RESULT] 2`, and a
+  judgment of a judgment rated 1-5.
+(Bradley-Terry and PairRM sequences come from `genrm_jax.data.pipeline.encode_record`, so that judging reads
+exactly what training wrote.)
+
+A conversation with earlier turns renders them under `[Chat Context]` and its last user turn as the question,
+so single- and multi-turn pairs share one template.
+"""
+from __future__ import annotations
+
+from genrm_jax.tokenizer import chat_ids
+
+JUDGE_SYSTEM = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
+    "to the user question displayed below. Choose the assistant that follows the user's instructions and "
+    "answers the user's question better, considering helpfulness, relevance, accuracy, depth, creativity and "
+    "level of detail. Begin with a short explanation comparing the two responses. Avoid any position bias: the "
+    "order in which the responses appear must not influence your decision. Do not let response length or the "
+    "assistants' names sway you; be as objective as possible. After your explanation, output your final "
+    "verdict strictly in this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better. "
+    "There are no ties: you must pick one."
+)
+
+GENRM_SYSTEM = (
+    "Please act as an impartial judge and decide which of two AI assistants' responses to the user question "
+    "below is better: the one that follows the user's instructions and answers the question more helpfully, "
+    "accurately and harmlessly. Reply with a single letter and nothing else: A if assistant A is better, "
+    "B if assistant B is better."
+)
+
+RATIONALIZER_TASK = (
+    "Response {winner} is better than response {loser}. Explain why response {winner} is better than response "
+    "{loser}, comparing the two responses as an impartial judge would, without mentioning that you were told "
+    "which one is better. End with the final verdict \"[[{winner}]]\"."
+)
+
+DEFAULT_RUBRIC = (
+    "[Is the response helpful, accurate and harmless for the user's request?]\n"
+    "Score 1: The response is irrelevant, wrong or harmful.\n"
+    "Score 2: The response addresses the request but is mostly wrong, unhelpful or unsafe.\n"
+    "Score 3: The response is partly correct and helpful but has clear errors or omissions.\n"
+    "Score 4: The response is correct and helpful with minor flaws.\n"
+    "Score 5: The response is fully correct, helpful, safe and follows every instruction."
+)
+
+POINTWISE_TASK = (
+    "###Task Description:\n"
+    "A conversation, a response to evaluate and a score rubric with evaluation criteria are given.\n"
+    "1. Write detailed feedback that assesses the quality of the response strictly by the score rubric, "
+    "not by general judgment.\n"
+    "2. After the feedback, write a score that is an integer between 1 and 5, referring to the rubric.\n"
+    "3. The output format is: \"Feedback: (feedback) [RESULT] (an integer between 1 and 5)\"\n"
+    "4. Do not generate any other opening, closing or explanation.\n\n"
+    "{conversation}\n\n###Response to evaluate:\n{response}\n\n###Score Rubric:\n{rubric}\n\n###Feedback:"
+)
+
+PAIRWISE_TASK = (
+    "###Task Description:\n"
+    "A conversation, two responses and a score rubric with evaluation criteria are given.\n"
+    "1. Write detailed feedback that compares the two responses strictly by the score rubric.\n"
+    "2. After the feedback, state which response is better: 1 or 2. There are no ties.\n"
+    "3. The output format is: \"Feedback: (feedback) [RESULT] (1 or 2)\"\n"
+    "4. Do not generate any other opening, closing or explanation.\n\n"
+    "{conversation}\n\n###Response 1:\n{response_1}\n\n###Response 2:\n{response_2}\n\n"
+    "###Score Rubric:\n{rubric}\n\n###Feedback:"
+)
+
+META_JUDGE_TASK = (
+    "###Task Description:\n"
+    "A conversation, a response, and a judge's evaluation of that response are given.\n"
+    "1. Write feedback on the evaluation: is its reasoning correct, grounded in the response, consistent with "
+    "the rubric, and does its score follow from its reasoning?\n"
+    "2. Then rate the evaluation with an integer between 1 (wrong, unfounded) and 5 (accurate, well argued).\n"
+    "3. The output format is: \"Feedback: (feedback) [RESULT] (an integer between 1 and 5)\"\n\n"
+    "{conversation}\n\n###Response:\n{response}\n\n###Score Rubric:\n{rubric}\n\n"
+    "###Evaluation to rate:\n{judgment}\n\n###Feedback:"
+)
+
+_SPEAKER = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def _check(conversation: list[dict]) -> None:
+    if not conversation or conversation[-1].get("role") != "user":
+        raise ValueError("a conversation must be a non-empty list of turns ending with the user's turn")
+
+
+def conversation_block(conversation: list[dict]) -> str:
+    """`[Chat Context]` of the earlier turns (if any), then `[User Question]` with the last user turn."""
+    _check(conversation)
+    parts = []
+    if len(conversation) > 1:
+        ctx = "\n\n".join(f"{_SPEAKER[t['role']]}: {t['content']}" for t in conversation[:-1])
+        parts.append(f"[Chat Context]\n{ctx}\n")
+    parts.append(f"[User Question]\n{conversation[-1]['content']}")
+    return "\n".join(parts)
+
+
+def answers_block(answer_a: str, answer_b: str) -> str:
+    return (f"[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+            f"[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]")
+
+
+def judge(conversation: list[dict], answer_a: str, answer_b: str) -> list[dict]:
+    body = f"{conversation_block(conversation)}\n\n{answers_block(answer_a, answer_b)}"
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
+
+
+def rationalizer(conversation: list[dict], answer_a: str, answer_b: str, winner: str) -> list[dict]:
+    if winner not in ("A", "B"):
+        raise ValueError(f"winner must be 'A' or 'B', got {winner!r}")
+    loser = "B" if winner == "A" else "A"
+    body = (f"{conversation_block(conversation)}\n\n{answers_block(answer_a, answer_b)}\n\n"
+            + RATIONALIZER_TASK.format(winner=winner, loser=loser))
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
+
+
+def genrm(conversation: list[dict], answer_a: str, answer_b: str) -> list[dict]:
+    body = f"{conversation_block(conversation)}\n\n{answers_block(answer_a, answer_b)}"
+    return [{"role": "system", "content": GENRM_SYSTEM}, {"role": "user", "content": body}]
+
+
+def pointwise(conversation: list[dict], response: str, rubric: str = DEFAULT_RUBRIC) -> list[dict]:
+    text = POINTWISE_TASK.format(conversation=conversation_block(conversation), response=response, rubric=rubric)
+    return [{"role": "user", "content": text}]
+
+
+def pairwise(conversation: list[dict], response_1: str, response_2: str, rubric: str = DEFAULT_RUBRIC) -> list[dict]:
+    text = PAIRWISE_TASK.format(conversation=conversation_block(conversation), response_1=response_1,
+                                response_2=response_2, rubric=rubric)
+    return [{"role": "user", "content": text}]
+
+
+def meta_judge(conversation: list[dict], response: str, judgment: str, rubric: str = DEFAULT_RUBRIC) -> list[dict]:
+    text = META_JUDGE_TASK.format(conversation=conversation_block(conversation), response=response,
+                                  judgment=judgment, rubric=rubric)
+    return [{"role": "user", "content": text}]
+
+
+# Pairwise builders by name (all take conversation, answer_a, answer_b); the verdict style each one asks for.
+PAIRWISE = {"judge": judge, "genrm": genrm, "pairwise": pairwise}
+VERDICT_STYLE = {"judge": "brackets", "rationalizer": "brackets", "genrm": "bare", "pairwise": "result_pair",
+                 "pointwise": "result", "meta_judge": "result"}
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids through the model's chat template (the generation prompt opens the judge's reply)."""
+    return chat_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
+
+def truncate(tokenizer, text: str, max_tokens: int | None) -> str:
+    """`text` cut to at most `max_tokens` tokens, marked, so that long answers fit a small context or CPU budget."""
+    if max_tokens is None:
+        return text
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[:max_tokens]) + " [...]"

@@ -1,0 +1,188 @@
+"""The paper's training objectives as pure functions of model outputs and a batch.
+
+Every loss returns `Loss(value, weight, metrics)`. `value` is a mean over `weight` units — target tokens for
+SFT, pairs for DPO/IPO/BT, ordered presentations for PairRM — so that the train step can weight each
+micro-batch by its share of the units and make gradient accumulation equal one large batch exactly, even when
+micro-batches hold different numbers of target tokens.
+
+SFT is one loss for both GenRM objectives: Eq. 7 (verdict token only) and Eq. 8 (rationale + verdict) differ
+only in the loss mask the pipeline builds.
+
+DPO reference log-probs are precomputed once per dataset (`reference_logprobs`, one forward pass without
+gradients, stored in each example as `ref_logps`), not recomputed in every step from a frozen copy. The
+reference never changes during a STaR iteration, so per-step recomputation would add a forward pass to every
+step of every epoch and keep a second full copy of the weights resident next to the policy, its gradients and
+AdamW's two moments; precomputing costs about a third of one epoch, once, and leaves the DPO step with the
+memory and speed of an SFT step on twice the sequences. The values are identical either way: the reference is
+frozen.
+
+Model-level objectives (`make_loss_fn`) run the forward pass and feed these functions; trainable params are
+always `{"model": llama params, "head": reward head (BT and PairRM only)}`.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genrm_jax.models import heads, llama
+
+KINDS = ("sft", "dpo", "ipo", "bt", "pairrm")
+
+
+class Loss(NamedTuple):
+    value: jax.Array  # scalar mean over `weight` units
+    weight: jax.Array  # how many units the mean is over (tokens or pairs)
+    metrics: dict  # scalars, each a mean over the same units
+
+
+# ------------------------------------------------------------------------------------------ log-probs
+
+
+def token_logprobs(logits, tokens):
+    """[B, T] log p(tokens[:, t] | tokens[:, <t]); position 0 has no context and gets 0.
+
+    logsumexp minus the picked logit: XLA fuses it, so no [B, T, V] log-softmax is materialised.
+    """
+    logits = logits[:, :-1].astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+    lp = picked - jax.nn.logsumexp(logits, axis=-1)
+    return jnp.pad(lp, ((0, 0), (1, 0)))
+
+
+def sequence_logprobs(logits, tokens, loss_mask):
+    """[B] summed log-prob of the tokens selected by loss_mask (the completion)."""
+    return jnp.sum(token_logprobs(logits, tokens) * loss_mask.astype(jnp.float32), axis=-1)
+
+
+# ------------------------------------------------------------------------------------- pure losses
+
+
+def sft(logits, tokens, loss_mask) -> Loss:
+    """Token-level cross-entropy on the masked tokens (Eq. 7 / Eq. 8)."""
+    m = loss_mask.astype(jnp.float32)
+    n = jnp.sum(m)
+    denom = jnp.maximum(n, 1.0)
+    lp = token_logprobs(logits, tokens)
+    loss = -jnp.sum(lp * m) / denom
+    hit = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32)
+    acc = jnp.sum(hit * m[:, 1:]) / denom
+    return Loss(loss, n, {"loss": loss, "token_accuracy": acc})
+
+
+def _preference_metrics(loss, h, chosen_logp, rejected_logp, chosen_reward, rejected_reward):
+    return {
+        "loss": loss,
+        "accuracy": jnp.mean((h > 0).astype(jnp.float32)),  # implicit-reward accuracy; ties count as wrong
+        "margin": jnp.mean(chosen_reward - rejected_reward),
+        "chosen_logp": jnp.mean(chosen_logp),
+        "rejected_logp": jnp.mean(rejected_logp),
+        "chosen_reward": jnp.mean(chosen_reward),
+        "rejected_reward": jnp.mean(rejected_reward),
+    }
+
+
+def dpo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, beta: float = 1.0) -> Loss:
+    """Eq. 9: -log σ(β[(log π_c - log ref_c) - (log π_r - log ref_r)]) on summed completion log-probs."""
+    rc = beta * (chosen_logp - ref_chosen_logp)
+    rr = beta * (rejected_logp - ref_rejected_logp)
+    h = rc - rr
+    loss = -jnp.mean(jax.nn.log_sigmoid(h))
+    return Loss(loss, jnp.asarray(h.shape[0], jnp.float32),
+                _preference_metrics(loss, h, chosen_logp, rejected_logp, rc, rr))
+
+
+def ipo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, beta: float = 0.4) -> Loss:
+    """IPO (Azar et al.): (h - 1/(2β))² with h the difference of log-ratios; β = τ = 0.4 for the Rationalizer."""
+    rc = chosen_logp - ref_chosen_logp
+    rr = rejected_logp - ref_rejected_logp
+    h = rc - rr
+    loss = jnp.mean((h - 1.0 / (2.0 * beta)) ** 2)
+    return Loss(loss, jnp.asarray(h.shape[0], jnp.float32),
+                _preference_metrics(loss, h, chosen_logp, rejected_logp, rc, rr))
+
+
+def bradley_terry(chosen_reward, rejected_reward) -> Loss:
+    """Eq. 2: -log σ(r_c - r_r)."""
+    d = chosen_reward - rejected_reward
+    loss = -jnp.mean(jax.nn.log_sigmoid(d))
+    metrics = {"loss": loss, "accuracy": jnp.mean((d > 0).astype(jnp.float32)), "margin": jnp.mean(d),
+               "mean_reward": jnp.mean(0.5 * (chosen_reward + rejected_reward))}
+    return Loss(loss, jnp.asarray(d.shape[0], jnp.float32), metrics)
+
+
+def pairrm(scores, labels) -> Loss:
+    """Binary cross-entropy of σ(score) = P(first answer better) against labels (1 = first is better)."""
+    s = scores.astype(jnp.float32)
+    y = labels.astype(jnp.float32)
+    # -[y log σ(s) + (1-y) log σ(-s)], written with log_sigmoid for stability
+    loss = -jnp.mean(y * jax.nn.log_sigmoid(s) + (1 - y) * jax.nn.log_sigmoid(-s))
+    acc = jnp.mean(((s > 0) == (y > 0.5)).astype(jnp.float32))
+    return Loss(loss, jnp.asarray(s.size, jnp.float32),
+                {"loss": loss, "accuracy": acc, "mean_prob_first": jnp.mean(jax.nn.sigmoid(s))})
+
+
+# ------------------------------------------------------------------------------- model objectives
+
+
+def _flat_pairs(batch):
+    """[B, 2, L] pair arrays -> [2B, L] with all chosen rows first (one forward for both sides)."""
+    def flat(x):
+        return jnp.concatenate([x[:, 0], x[:, 1]], axis=0)
+    return flat(batch["tokens"]), flat(batch["mask"])
+
+
+def pair_logprobs(model_params, batch, config: llama.LlamaConfig):
+    """[B, 2] summed completion log-probs of (chosen, rejected) under `model_params`."""
+    tokens, mask = _flat_pairs(batch)
+    loss_mask = jnp.concatenate([batch["loss_mask"][:, 0], batch["loss_mask"][:, 1]], axis=0)
+    logits = llama.forward(model_params, tokens, config, attention_mask=mask).logits
+    lp = sequence_logprobs(logits, tokens, loss_mask)
+    b = batch["tokens"].shape[0]
+    return jnp.stack([lp[:b], lp[b:]], axis=1)
+
+
+def make_loss_fn(kind: str, config: llama.LlamaConfig, *, beta: float | None = None
+                 ) -> Callable[[dict, dict, jax.Array], Loss]:
+    """`(params, batch, rng) -> Loss` for one of KINDS; `config` carries compute dtype and remat."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown loss {kind!r}; expected one of {KINDS}")
+
+    if kind == "sft":
+        def fn(params, batch, rng):
+            logits = llama.forward(params["model"], batch["tokens"], config, attention_mask=batch["mask"]).logits
+            return sft(logits, batch["tokens"], batch["loss_mask"])
+    elif kind in ("dpo", "ipo"):
+        pref = dpo if kind == "dpo" else ipo
+        b = (1.0 if kind == "dpo" else 0.4) if beta is None else beta
+
+        def fn(params, batch, rng):
+            lp = pair_logprobs(params["model"], batch, config)
+            ref = batch["ref_logps"]
+            return pref(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=b)
+    else:
+        def fn(params, batch, rng):
+            tokens, mask = _flat_pairs(batch)
+            r = heads.scalar_reward(params["model"], params["head"], tokens, mask, config)
+            n = batch["tokens"].shape[0]
+            if kind == "bt":
+                return bradley_terry(r[:n], r[n:])
+            labels = jnp.concatenate([batch["labels"][:, 0], batch["labels"][:, 1]], axis=0)
+            return pairrm(r, labels)
+    return fn
+
+
+def reference_logprobs(model_params, config: llama.LlamaConfig, batches, *, progress: bool = True):
+    """Summed completion log-probs [N, 2] of the frozen reference over `batches` (an iterable of pair batches,
+    each possibly carrying `n_valid` real rows at the front). One pass, no gradients."""
+    from tqdm.auto import tqdm
+
+    fn = jax.jit(lambda p, b: pair_logprobs(p, b, config))
+    out = []
+    for batch in tqdm(batches, desc="reference log-probs", disable=not progress):
+        n = int(batch.get("n_valid", batch["tokens"].shape[0]))
+        arrays = {k: batch[k] for k in ("tokens", "mask", "loss_mask")}
+        out.append(np.asarray(fn(model_params, arrays))[:n])
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 2), np.float32)
