@@ -59,17 +59,19 @@ def test_embedded_parity_with_transformers_gguf(smollm, hf_from_gguf):
 
 
 MEASURE = r"""
-import json, resource, jax, transformers, genrm_jax.io as io
+import json, jax, transformers, genrm_jax.io as io
 from genrm_jax.io import registry
 from genrm_jax.tokenizer import load_tokenizer
 # Conversion and library imports (torch, tokenizers: ~300 MB) are not part of loading the cached model.
 load_tokenizer(registry.resolve('smollm2-135m-instruct'))
+jax.device_put(0).block_until_ready()  # the XLA runtime itself is not part of it either
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096
 before = rss()
 m = io.load_model('smollm2-135m-instruct')
 jax.block_until_ready(m.params)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: a child started by fork inherits its parent's ru_maxrss (pytest's, here).
+peak = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
 print(json.dumps({"before": before, "peak": peak, "after": rss(), "param_bytes": m.config.num_params * 4}))
 """
 

@@ -43,16 +43,20 @@ def load_config(model_dir: str, **overrides) -> llama.LlamaConfig:
     return llama.config_from_hf(hf, source=path, **overrides)
 
 
+def _same(w):
+    return w
+
+
 # (our layer key, HF name under model.layers.{i}., HF (out, in) -> ours, ours -> HF)
 def _layer_table(c: llama.LlamaConfig):
     D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     return [
-        ("attn_norm", "input_layernorm.weight", lambda w: w, lambda w: w),
+        ("attn_norm", "input_layernorm.weight", _same, _same),
         ("wq", "self_attn.q_proj.weight", lambda w: w.T.reshape(D, H, Dh), lambda w: w.reshape(D, H * Dh).T),
         ("wk", "self_attn.k_proj.weight", lambda w: w.T.reshape(D, K, Dh), lambda w: w.reshape(D, K * Dh).T),
         ("wv", "self_attn.v_proj.weight", lambda w: w.T.reshape(D, K, Dh), lambda w: w.reshape(D, K * Dh).T),
         ("wo", "self_attn.o_proj.weight", lambda w: w.T.reshape(H, Dh, D), lambda w: w.reshape(H * Dh, D).T),
-        ("mlp_norm", "post_attention_layernorm.weight", lambda w: w, lambda w: w),
+        ("mlp_norm", "post_attention_layernorm.weight", _same, _same),
         ("w_gate", "mlp.gate_proj.weight", lambda w: w.T, lambda w: w.T),
         ("w_up", "mlp.up_proj.weight", lambda w: w.T, lambda w: w.T),
         ("w_down", "mlp.down_proj.weight", lambda w: w.T, lambda w: w.T),
@@ -60,8 +64,8 @@ def _layer_table(c: llama.LlamaConfig):
 
 
 def _top_table(c: llama.LlamaConfig):
-    rows = [("embed", "model.embed_tokens.weight", lambda w: w, lambda w: w),
-            ("final_norm", "model.norm.weight", lambda w: w, lambda w: w)]
+    rows = [("embed", "model.embed_tokens.weight", _same, _same),
+            ("final_norm", "model.norm.weight", _same, _same)]
     if not c.tie_word_embeddings:
         rows.append(("lm_head", "lm_head.weight", lambda w: w.T, lambda w: w.T))
     return rows
@@ -138,22 +142,37 @@ def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> ll
         shard_leaves = dict(zip(_leaf_keys(shapes), jax.tree.leaves(shardings)))
 
     def place(key, arr):
+        # device_put of a 64-byte aligned host array aliases it on CPU: no second copy of the weights.
         if shard_leaves is None:
-            return jnp.asarray(arr)
+            return jax.device_put(arr)
         return jax.make_array_from_callback(arr.shape, shard_leaves[key], lambda idx: arr[idx])
+
+    def fill(dst, info, to_ours):
+        if to_ours is _same and info.dtype == dst.dtype:
+            st.read_tensor(info, out=dst)  # straight into place
+        else:
+            dst[...] = to_ours(st.read_tensor(info))
 
     params: dict = {"layers": {}}
     for key, name, to_ours, _ in _top_table(config):
-        w = to_ours(st.read_tensor(tensors[name])).astype(dtype, copy=False)
-        params[key] = place(key, np.ascontiguousarray(w))
-        del w
+        leaf = _aligned_empty(shapes[key][0], dtype)
+        fill(leaf, tensors[name], to_ours)
+        params[key] = place(key, leaf)
+        del leaf
     for key, name, to_ours, _ in _layer_table(config):
-        stacked = np.empty(shapes["layers"][key][0], dtype)
+        stacked = _aligned_empty(shapes["layers"][key][0], dtype)
         for i in range(config.num_layers):
-            stacked[i] = to_ours(st.read_tensor(tensors[f"model.layers.{i}.{name}"]))
+            fill(stacked[i], tensors[f"model.layers.{i}.{name}"], to_ours)
         params["layers"][key] = place("layers/" + key, stacked)
-        del stacked  # the device copy is the only one left
+        del stacked
     return params
+
+
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(n + align, np.uint8)
+    start = (-buf.ctypes.data) % align
+    return buf[start:start + n].view(dtype).reshape(shape)
 
 
 def _leaf_keys(tree, prefix=""):

@@ -65,8 +65,11 @@ def read_header(path: str) -> dict[str, TensorInfo]:
 
 def read_tensor(info: TensorInfo, out: np.ndarray | None = None) -> np.ndarray:
     """Reads one tensor with plain file reads (no mmap: nothing stays resident but the result)."""
-    if out is None or out.dtype != info.dtype or not out.flags.c_contiguous:
+    if out is None:
         buf = np.empty(info.shape, info.dtype)
+    elif out.dtype != info.dtype or not out.flags.c_contiguous or out.size != int(np.prod(info.shape)):
+        raise ValueError(f"cannot read {info.name!r} ({info.dtype}, {info.shape}) into a {out.dtype} {out.shape} "
+                         "array that is not C-contiguous or of another size")
     else:
         buf = out.reshape(info.shape)
     with open(info.path, "rb") as f:

@@ -1,0 +1,225 @@
+"""Sampling engine: exactness against the full forward pass and Hugging Face, sampling statistics,
+compilation reuse, seeds, shared prefill, stop strings, and the resumable batch runner."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from genrm_jax import generate, sampling
+from genrm_jax.io import Model
+from genrm_jax.models import llama
+
+
+class BracketTokenizer:
+    """Token i decodes to "[i]": text positions map back to tokens unambiguously."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"[{int(i)}]" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    cfg = tiny_config()
+    return Model(cfg, llama.init(jax.random.PRNGKey(0), cfg), BracketTokenizer(), "")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return sampling.Engine(tiny_model, max_batch=8)
+
+
+PROMPTS = [[1, 5, 7, 9, 11], [1, 3], [1, 20, 30, 40, 50, 60, 70, 80, 90]]
+
+
+_WIDTH = 64  # reference sequences are right-padded to one width: one compilation for all of them
+
+
+@jax.jit
+def _reference_logprobs(params, ids):
+    return jax.nn.log_softmax(llama.forward(params, ids, tiny_config()).logits, -1)
+
+
+def full_logprobs(model, prompt, generated):
+    """log-softmax of the full forward pass at each position that predicted a generated token."""
+    ids = list(prompt) + list(generated)
+    padded = jnp.asarray([ids + [0] * (_WIDTH - len(ids))])  # causal: right padding changes nothing before it
+    return np.asarray(_reference_logprobs(model.params, padded)[0])[len(prompt) - 1:len(ids) - 1]
+
+
+@pytest.mark.parametrize("cache_dtype,tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
+def test_incremental_decode_matches_full_forward(tiny_model, cache_dtype, tol):
+    eng = sampling.Engine(tiny_model, cache_dtype=cache_dtype, max_batch=8)
+    greedy = eng.generate(PROMPTS, sampling.SamplingParams(temperature=0.0, max_new_tokens=20, ignore_eos=True))
+    sampled = eng.generate(PROMPTS, sampling.SamplingParams(temperature=1.0, max_new_tokens=20, n=2,
+                                                            ignore_eos=True, seed=3))
+    for prompt, g, s in zip(PROMPTS, greedy, sampled):
+        for c in [g[0], *s]:
+            assert len(c.token_ids) == 20 and c.finish_reason == "length"
+            ref = full_logprobs(tiny_model, prompt, c.token_ids)
+            np.testing.assert_allclose(c.logprobs, ref[np.arange(20), c.token_ids], atol=tol)
+        if cache_dtype == "float32":
+            assert g[0].token_ids == ref_argmax(tiny_model, prompt, 20)
+
+
+def ref_argmax(model, prompt, n):
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(np.argmax(full_logprobs(model, ids, [0])[-1])))
+    return ids[len(prompt):]
+
+
+def intended(logits, temperature, top_k, top_p):
+    """The truncated distribution as Hugging Face defines it, by sorting (the thing the sampler avoids)."""
+    z = logits / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = np.zeros_like(p, bool)
+    k = top_k if top_k else len(p)
+    keep[order[:k]] = True
+    q = np.where(keep, p, 0) / p[keep].sum()
+    before = np.cumsum(q[order]) - q[order]
+    drop = order[before >= top_p]
+    q[drop] = 0
+    return q / q.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p,nucleus_k", [
+    # nucleus_k None: bisection only; 64: the top-k fast path; 8: a fast path too narrow, so it falls back
+    (1.0, 0, 1.0, None), (0.7, 0, 0.8, None), (1.0, 10, 1.0, None), (1.3, 20, 0.9, None), (1.0, 0, 0.5, None),
+    (0.7, 0, 0.8, 64), (1.0, 10, 1.0, 64), (1.3, 20, 0.9, 8)])
+def test_sampler_matches_truncated_distribution(temperature, top_k, top_p, nucleus_k):
+    # 100,000 draws keep the sampling noise of the TV distance near 0.01 for this vocabulary
+    draws, vocab = 100_000, 128
+    logits = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (vocab,))) * 3.0
+    want = intended(logits, temperature, top_k, top_p)
+    mode = sampling._Mode(greedy=False, top_k=top_k > 0, top_p=top_p < 1.0)
+    u = jax.random.uniform(jax.random.PRNGKey(1), (draws,))
+    tok, logprob = jax.jit(lambda l, u: sampling.sample_tokens(
+        l, u, mode, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), nucleus_k=nucleus_k))(
+        jnp.broadcast_to(jnp.asarray(logits), (draws, vocab)), u)
+    got = np.bincount(np.asarray(tok), minlength=vocab) / draws
+    assert got[want == 0].sum() == 0, "drew a token outside the truncated set"
+    assert 0.5 * np.abs(got - want).sum() <= 0.02
+    lsm = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    np.testing.assert_allclose(np.asarray(logprob), lsm[np.asarray(tok)], atol=1e-5)
+
+
+def test_same_bucket_does_not_recompile(tiny_model):
+    eng = sampling.Engine(tiny_model, max_batch=4)
+    sp = sampling.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12)
+    eng.generate([[1, 2, 3, 4, 5]], sp)
+    eng.score_next_token([[1, 2, 3, 4, 5]], [3, 4])
+    before = dict(eng.compilations)
+    assert before == {"prefill": 1, "decode": 1, "score": 1}  # the counter does count compilations
+    # another prompt length, seed, temperature and top-p inside the same shape buckets
+    eng.generate([[1, 9, 8, 7, 6, 5, 4, 3, 2]], sp.__class__(temperature=0.5, top_p=0.7, max_new_tokens=10, seed=4))
+    eng.score_next_token([[1, 9, 8, 7, 6, 5, 4, 3, 2]], [5, 6])
+    assert dict(eng.compilations) == before
+    eng.generate([[1] * 40], sp)  # a longer bucket does compile
+    assert eng.compilations["prefill"] == 2
+
+
+def test_seeds_reproducible_and_independent_of_batch(engine):
+    sp = sampling.SamplingParams(temperature=1.0, top_k=50, max_new_tokens=16, n=2, ignore_eos=True, seed=11)
+    together = engine.generate(PROMPTS, sp)
+    alone = engine.generate([PROMPTS[2]], sp)
+    assert [c.token_ids for c in alone[0]] == [c.token_ids for c in together[2]]
+    again = engine.generate(PROMPTS, sp)
+    assert [[c.token_ids for c in cs] for cs in again] == [[c.token_ids for c in cs] for cs in together]
+    other = engine.generate(PROMPTS, sp.__class__(**{**sp.__dict__, "seed": 12}))
+    assert [[c.token_ids for c in cs] for cs in other] != [[c.token_ids for c in cs] for cs in together]
+    assert len({tuple(c.token_ids) for c in together[0]}) == 2, "samples of one prompt should differ"
+
+
+def test_samples_share_one_prefill(tiny_model):
+    eng = sampling.Engine(tiny_model, max_batch=8)
+    out = eng.generate(PROMPTS[:2], sampling.SamplingParams(max_new_tokens=8, n=4, ignore_eos=True))
+    assert eng.stats["prefill_prompts"] == 2 and eng.stats["rows"] == 8
+    assert [len(cs) for cs in out] == [4, 4]
+    for prompt, cs in zip(PROMPTS, out):  # every row's cache is its own prompt's
+        for c in cs:
+            ref = full_logprobs(tiny_model, prompt, c.token_ids)
+            np.testing.assert_allclose(c.logprobs, ref[np.arange(8), c.token_ids], atol=1e-4)
+
+
+def test_eos_and_stop_strings(engine):
+    base = engine.generate(PROMPTS, sampling.SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True))
+    ids = base[0][0].token_ids
+    stop = BracketTokenizer().decode(ids[5:7])
+    out = engine.generate(PROMPTS[:1], sampling.SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True,
+                                                              stop_strings=("no such text", stop)))[0][0]
+    text = base[0][0].text
+    cut = text.find(stop)
+    assert out.finish_reason == "stop" and out.text == text[:cut]
+    keep = next(n for n in range(1, 25) if len(BracketTokenizer().decode(ids[:n])) >= cut + len(stop))
+    assert out.token_ids == ids[:keep] and len(out.logprobs) == keep
+    # treating a generated token as EOS ends the sequence there, EOS included in token_ids
+    eos = ids[3]
+    eng = sampling.Engine(Model(engine.config.replace(eos_token_ids=(eos,)), engine.params, BracketTokenizer(), ""),
+                          max_batch=8)
+    got = eng.generate(PROMPTS[:1], sampling.SamplingParams(temperature=0.0, max_new_tokens=24))[0][0]
+    first = ids.index(eos)
+    assert got.finish_reason == "eos" and got.token_ids == ids[:first + 1]
+    assert got.text == BracketTokenizer().decode(ids[:first])
+
+
+def test_score_next_token_matches_forward(tiny_model, engine):
+    cands = [3, 4, 100]
+    got = engine.score_next_token(PROMPTS, cands)
+    for prompt, row in zip(PROMPTS, got):
+        np.testing.assert_allclose(row, full_logprobs(tiny_model, prompt, [0])[-1][cands], atol=1e-5)
+    with pytest.raises(ValueError, match="candidates"):
+        engine.score_next_token(PROMPTS, [128])
+
+
+def test_bad_input_is_rejected(engine):
+    with pytest.raises(ValueError, match="top_p"):
+        sampling.SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[1], []], sampling.SamplingParams(max_new_tokens=16))
+    with pytest.raises(ValueError, match="context"):
+        engine.generate([[1] * 250], sampling.SamplingParams(max_new_tokens=10))
+
+
+def test_runner_resumes_without_redoing(engine, tmp_path):
+    records = [{"id": f"p{i}", "prompt_ids": p} for i, p in enumerate(PROMPTS + [[1, 2, 3, 4]])]
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=6, n=2, seed=5)
+    fresh = tmp_path / "fresh.jsonl"
+    assert generate.run(engine, records, sp, str(fresh), rows_per_batch=4, progress=False) == 4
+    out = tmp_path / "out.jsonl"
+    generate.run(engine, records[:2], sp, str(out), rows_per_batch=4, progress=False)
+    with open(out, "a") as f:
+        f.write('{"id": "p3", "compl')  # a line cut short by a killed job
+    before = engine.stats["rows"]
+    assert generate.run(engine, records, sp, str(out), rows_per_batch=4, progress=False) == 2
+    assert engine.stats["rows"] - before == 4  # only the two missing prompts were sampled
+    by_id = lambda p: {d["id"]: d for d in map(json.loads, open(p))}
+    assert by_id(out) == by_id(fresh)
+    assert all(len(d["completions"]) == 2 for d in by_id(out).values())
+    with pytest.raises(generate.InputError, match="<records>:2: field 'id'"):
+        generate.run(engine, [records[0], {"prompt_ids": [1]}], sp, str(out), progress=False)
+
+
+@pytest.mark.slow
+def test_greedy_matches_transformers(smollm):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from genrm_jax.tokenizer import chat_ids
+
+    questions = ["What is the capital of France?", "Write a haiku about the sea.",
+                 "Explain recursion to a child in two sentences.", "List three prime numbers.",
+                 "Which is heavier, a kilogram of feathers or a kilogram of iron?"]
+    prompts = [chat_ids(smollm.tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    eng = sampling.Engine(smollm, max_batch=8)
+    ours = eng.generate(prompts, sampling.SamplingParams(temperature=0.0, max_new_tokens=64))
+    hf = AutoModelForCausalLM.from_pretrained(smollm.path, dtype=torch.float32).eval()
+    for prompt, (c,) in zip(prompts, ours):
+        with torch.inference_mode():
+            ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              do_sample=False, max_new_tokens=64, pad_token_id=smollm.tokenizer.pad_token_id)
+        assert c.token_ids == ref[0, len(prompt):].tolist()
