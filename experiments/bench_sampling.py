@@ -19,12 +19,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from genrm_jax import sampling
 from genrm_jax.io import load_model
 from genrm_jax.tokenizer import chat_ids
+from experiments.machine import matmul_peak_flops, memory_bandwidth
 
 WORKLOADS = {"distinct_1": (1, 1), "distinct_32": (32, 1), "star_4x8": (4, 8)}  # (prompts, samples each)
 PROMPT_TOKENS = 300
@@ -50,30 +50,6 @@ def make_prompts(tokenizer, count: int, target: int = PROMPT_TOKENS, seed: int =
                 out.append(ids)
                 break
     return out
-
-
-def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-
-
-def memory_bandwidth(nbytes: int = 1 << 30, reps: int = 3) -> float:
-    x = jnp.ones((nbytes // 4,), jnp.float32)
-    f = jax.jit(jnp.sum)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best
 
 
 def roofline_seconds(cfg, prompt_lens: list[int], samples: int, new: int, peak: float, bandwidth: float,

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from experiments.machine import matmul_peak_flops, peak_rss_gb
 
 BATCH, SEQ = 4, 512
 # Keep the weight matmuls' outputs, recompute the rest: no matmul runs twice, and activations stay well under
@@ -37,27 +38,8 @@ def flops_per_token(cfg, seq_len: int) -> float:
     return 6.0 * matmul_params + 12.0 * n * h * dh * seq_len
 
 
-def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-
-
 def _tokens(vocab: int, batch: int, seq: int) -> np.ndarray:
     return np.random.default_rng(0).integers(3, vocab, size=(batch, seq)).astype(np.int32)
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
 
 
 def bench_ours(batch: int, seq: int, steps: int) -> dict:
@@ -87,7 +69,7 @@ def bench_ours(batch: int, seq: int, steps: int) -> dict:
         loss = float(m["loss"])
         times.append(time.perf_counter() - t)
     return {"tok_s": batch * seq / min(times), "step_s": times, "first_step_s": compile_s, "loss": loss,
-            "peak_rss_gb": _peak_rss_gb(), "peak_flops": matmul_peak_flops(),
+            "peak_rss_gb": peak_rss_gb(), "peak_flops": matmul_peak_flops(),
             "flops_per_token": flops_per_token(cfg, seq)}
 
 
@@ -120,7 +102,7 @@ def bench_hf(batch: int, seq: int, steps: int) -> dict:
         loss = one()
         times.append(time.perf_counter() - t)
     return {"tok_s": batch * seq / min(times), "step_s": times, "first_step_s": first, "loss": loss,
-            "peak_rss_gb": _peak_rss_gb(), "threads": torch.get_num_threads()}
+            "peak_rss_gb": peak_rss_gb(), "threads": torch.get_num_threads()}
 
 
 def _child(side: str, args) -> dict:

@@ -106,15 +106,12 @@ def run(engine: Engine, records: Iterable[dict], sp: SamplingParams, output: str
 
 
 def read_jsonl(path: str) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-    return out
+    from genrm_jax.data import sources
+
+    try:
+        return [row for _, row in sources.iter_rows(path)]
+    except sources.DataError as e:
+        raise InputError(str(e)) from None
 
 
 def main(argv=None) -> int:

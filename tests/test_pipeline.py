@@ -31,7 +31,7 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 def test_bad_json_and_bad_turns_are_located(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(_sft("a", "A")) + "\n{not json\n")
-    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
+    with pytest.raises(DataError, match=rf"{path}:2: invalid JSON"):
         pipeline.read_jsonl(str(path))
     bad = {"prompt": [{"role": "human", "content": "x"}], "chosen": "a", "rejected": "b", "source": "f.jsonl:7"}
     with pytest.raises(DataError, match=r"f.jsonl:7: field 'prompt'\[0\]"):

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
-import json
 import logging
 from typing import Iterable, Sequence
 
 import grain
 import numpy as np
 
+from genrm_jax.data import sources
 from genrm_jax.tokenizer import chat_ids
 
 log = logging.getLogger(__name__)
@@ -49,22 +48,17 @@ class DataError(ValueError):
 
 def read_jsonl(path: str, *, limit: int | None = None) -> list[dict]:
     """Training records from a JSON-lines file (.gz ok); each gets `source` = "path:line" for error messages."""
-    opener = gzip.open if path.endswith(".gz") else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    try:
+        for where, rec in sources.iter_rows(path):
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            rec.setdefault("source", f"{path}:{lineno}")
+                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            rec.setdefault("source", where)
             out.append(rec)
             if limit is not None and len(out) >= limit:
                 break
+    except sources.DataError as e:
+        raise DataError(str(e)) from None
     return out
 
 

@@ -85,7 +85,7 @@ def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
         raise DataError(f"{path}: limit must be >= 0, got {limit}")
     adapter = _ADAPTERS[fmt]
     records, skipped, rows = [], [], 0
-    for where, row in _rows(path):
+    for where, row in iter_rows(path):
         if limit is not None and len(records) >= limit:
             break
         rows += 1
@@ -101,7 +101,7 @@ def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
 # ---------------------------------------------------------------------------------------------------- file rows
 
 
-def _rows(path: str) -> Iterator[tuple[str, object]]:
+def iter_rows(path: str) -> Iterator[tuple[str, object]]:
     """(\"file:line\", parsed row) for each row of a jsonl(.gz), json-array or parquet file."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
