@@ -328,9 +328,10 @@ def _decode(params, state: _State, limit, values, *, config, mode, prompt_bucket
                 kc = jax.lax.dynamic_update_slice_in_dim(kc, jnp.swapaxes(k, 1, 2).astype(kc.dtype), slot, axis=2)
                 vc = jax.lax.dynamic_update_slice_in_dim(vc, jnp.swapaxes(v, 1, 2).astype(vc.dtype), slot, axis=2)
                 caches.append((kc, vc))
-                return jnp.swapaxes(kc, 1, 2).astype(k.dtype), jnp.swapaxes(vc, 1, 2).astype(v.dtype)
+                return kc, vc
 
-            x = llama.layer(lp, x, positions, mask, config, inv_freq, kv_update=splice)
+            x = llama.layer(lp, x, positions, mask, config, inv_freq, kv_update=splice,
+                            attend=llama.attention_cached)
         s = s._replace(caches=tuple(caches))
         return _record(s, _final_logits(params, x, config), values, mode, eos_ids, pad_id)
 

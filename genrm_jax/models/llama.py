@@ -280,6 +280,18 @@ def attention(q, k, v, mask):
     return out.reshape(b, t, h, dh)
 
 
+def attention_cached(q, kc, vc, mask):
+    """`attention` over a KV cache stored [B, K, S, Dh] (the sampler's layout): no transpose of the cache."""
+    b, t, h, dh = q.shape
+    kv = kc.shape[1]
+    q = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, kc.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None, :, :], scores * (dh ** -0.5), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, vc.astype(q.dtype))
+    return out.reshape(b, t, h, dh)
+
+
 def mlp(lp, x):
     gate = jnp.einsum("btd,df->btf", x, lp["w_gate"].astype(x.dtype))
     up = jnp.einsum("btd,df->btf", x, lp["w_up"].astype(x.dtype))
@@ -294,13 +306,14 @@ def qkv(lp, x, positions, config, inv_freq):
     return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
 
-def layer(lp, x, positions, mask, config, inv_freq, kv_update=None):
-    """One decoder layer. `kv_update(k, v) -> (k_all, v_all)` lets the sampler splice in its KV cache."""
+def layer(lp, x, positions, mask, config, inv_freq, kv_update=None, attend=attention):
+    """One decoder layer. `kv_update(k, v) -> (k_all, v_all)` lets the sampler splice in its KV cache, and
+    `attend` (e.g. `attention_cached`) reads K/V in whatever layout that cache keeps."""
     h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
     q, k, v = qkv(lp, h, positions, config, inv_freq)
     if kv_update is not None:
         k, v = kv_update(k, v)
-    a = attention(q, k, v, mask)
+    a = attend(q, k, v, mask)
     x = x + jnp.einsum("bthk,hkd->btd", a, lp["wo"].astype(x.dtype))
     return x + mlp(lp, rms_norm(x, lp["mlp_norm"], config.rms_norm_eps))
 
