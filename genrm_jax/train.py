@@ -176,13 +176,14 @@ def train(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int
     bar = tqdm(total=num_steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
     tokens_since, t_since = 0, time.perf_counter()
     try:
-        while int(state.step) < num_steps:
+        step_no = start  # counted on the host: reading state.step would add a device sync per step
+        while step_no < num_steps:
             try:
                 batch = next(batches)
             except StopIteration:
                 break
             n_tok = _batch_tokens(batch)
-            step_no = int(state.step) + 1
+            step_no += 1
             state, metrics = step_fn(state, _device_batch(batch), jax.random.fold_in(state.rng, step_no))
             loss = float(metrics["loss"])  # also the sync point that makes the throughput honest
             if not math.isfinite(loss):
@@ -206,7 +207,7 @@ def train(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int
             if checkpointer is not None:
                 checkpointer.maybe_save(step_no, state, data_iterator)
         if checkpointer is not None:
-            checkpointer.save(int(state.step), state, data_iterator, force=True)
+            checkpointer.save(step_no, state, data_iterator, force=True)
     finally:
         bar.close()
         if checkpointer is not None:

@@ -68,24 +68,12 @@ RESULT_PAIR = [
 ]
 
 
-@pytest.mark.parametrize("text,want", BRACKETS)
-def test_brackets(text, want):
-    assert verdicts.parse(text, "brackets") == want
+CASES = {"brackets": BRACKETS, "bare": BARE, "result": RESULT, "result_pair": RESULT_PAIR}
 
 
-@pytest.mark.parametrize("text,want", BARE)
-def test_bare(text, want):
-    assert verdicts.parse(text, "bare") == want
-
-
-@pytest.mark.parametrize("text,want", RESULT)
-def test_result(text, want):
-    assert verdicts.parse(text, "result") == want
-
-
-@pytest.mark.parametrize("text,want", RESULT_PAIR)
-def test_result_pair(text, want):
-    assert verdicts.parse(text, "result_pair") == want
+@pytest.mark.parametrize("style,text,want", [(style, t, w) for style, cases in CASES.items() for t, w in cases])
+def test_parse(style, text, want):
+    assert verdicts.parse(text, style) == want
 
 
 def test_case_count():
