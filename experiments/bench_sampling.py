@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     for name in names:
         count, samples = WORKLOADS[name]
         prompts = make_prompts(model.tokenizer, count)
-        log(f"{name}: {count} prompts x {samples} samples, {engine.describe_cache(count * samples, max(map(len, prompts)), NEW_TOKENS)}")
+        log(f"{name}: {count} prompts x {samples} samples, {engine.describe_cache(count, max(map(len, prompts)), NEW_TOKENS, samples)}")
         ours = time_ours(engine, prompts, samples)
         log(f"  genrm-jax {ours:.1f} tok/s")
         row = {"ours_tok_s": round(ours, 2)}

@@ -1,13 +1,16 @@
 """Sampling from a Llama over a preallocated KV cache: one prefill, then a compiled decode loop.
 
-Why it is shaped this way (measured on a 2-core CPU, see NOTES.md):
-- Layers are unrolled over per-layer params, each with its own cache array that `dynamic_update_slice`
+Why it is shaped this way (measured on a 2-core CPU, see NOTES.md and the README):
+- Layers are unrolled over per-layer params, each with its own cache arrays that `dynamic_update_slice`
   updates in place inside `lax.while_loop`; a stacked cache under `scan` is copied every step.
-- The cache is stored [batch, kv_heads, slots, head_dim], the layout of the attention contraction, so
-  XLA needs no transpose of the whole cache per layer per step.
+- The cache is split in two: the prompt's K/V, written once by the prefill and stored once per *distinct
+  prompt* [prompts, kv_heads, prompt_slots, head_dim], and the generated tokens' K/V per row
+  [rows, kv_heads, new_slots, head_dim]. The n samples of a prompt share its prefill and its prompt cache:
+  decode attends to the prompt with all n x (heads per KV head) queries of that prompt as one matrix (a
+  real matmul instead of n thin ones, and the prompt's cache is read once, not n times), then joins the
+  softmax with the row's own generated keys.
 - Prompts are left-padded to a shape bucket: every row writes the same cache slot at each step (one scalar
   index) and another prompt length inside the bucket reuses the compiled kernels.
-- The n samples of a prompt share one prefill: the prompt's cache rows are gathered into its sample rows.
 - Sorting the 49,152-token vocabulary every step is what makes naive top-p slow. The top-k / top-p
   threshold is found by bisection over float bit patterns instead (one fused reduction per step, no sort),
   and the token by a two-level inverse CDF. Small batches first try the top `_NUCLEUS_K` logits (a
@@ -232,13 +235,14 @@ class _Values(NamedTuple):
 
 
 class _State(NamedTuple):
-    caches: tuple  # per layer (k, v), each [rows, kv_heads, slots, head_dim]
+    prompt_kv: tuple  # per layer (k, v), each [prompts, kv_heads, prompt_slots, head_dim]; read-only in decode
+    new_kv: tuple  # per layer (k, v), each [rows, kv_heads, new_slots, head_dim]; rows = prompts x samples
     tokens: jax.Array  # [rows, new_bucket] int32, generated tokens (pad after a row ends)
     logprobs: jax.Array  # [rows, new_bucket] f32
     done: jax.Array  # [rows] bool
     length: jax.Array  # [rows] int32, tokens generated (EOS included)
     step: jax.Array  # i32 scalar, tokens generated so far by the batch
-    prompt_lens: jax.Array  # [rows] int32
+    prompt_lens: jax.Array  # [prompts] int32
     keys: jax.Array  # [rows] typed PRNG keys
 
 
@@ -266,12 +270,14 @@ def _final_logits(params, x, config):
     return llama.unembed(params, h, config)[:, 0]
 
 
-def _prefill(params, prompts, prompt_lens, row_prompt, row_live, row_seeds, values, *, config, mode,
-             new_bucket, cache_dtype, eos_ids, pad_id, counter):
-    """Runs the distinct prompts once, gathers each prompt's cache into its sample rows, samples token 0.
+def _prefill(params, prompts, prompt_lens, row_live, row_seeds, values, *, config, mode, samples, new_bucket,
+             cache_dtype, eos_ids, pad_id, counter):
+    """Runs the distinct prompts once, keeps their K/V as the shared prompt cache, samples token 0 of each of
+    their `samples` rows.
 
-    prompts [U, P] left-padded; prompt_lens [U]; row_prompt [R] index into U; row_live [R] (False = batch
-    padding); row_seeds [R, 3] uint32 (seed, prompt hash, sample index).
+    prompts [U, P] left-padded; prompt_lens [U]; row_live [U * samples] (False = batch padding);
+    row_seeds [U * samples, 3] uint32 (seed, prompt hash, sample index). Row u * samples + j is sample j of
+    prompt u.
     """
     counter["prefill"] += 1  # runs at trace time only: counts compilations
     u, p = prompts.shape
@@ -289,50 +295,82 @@ def _prefill(params, prompts, prompt_lens, row_prompt, row_live, row_seeds, valu
     for lp in params["layers"]:
         x = llama.layer(lp, x, positions, mask, config, inv_freq, kv_update=keep)
 
-    def to_cache(a):  # [U, P, K, Dh] -> [R, K, P + new_bucket, Dh]
-        a = jnp.swapaxes(a, 1, 2)[row_prompt].astype(cache_dtype)
-        return jnp.pad(a, ((0, 0), (0, 0), (0, new_bucket), (0, 0)))
-
-    rows = row_prompt.shape[0]
+    rows = u * samples
+    empty = jnp.zeros((rows, config.num_kv_heads, new_bucket, config.head_dim), cache_dtype)
+    to_cache = lambda a: jnp.swapaxes(a, 1, 2).astype(cache_dtype)  # noqa: E731  [U, P, K, Dh] -> [U, K, P, Dh]
     keys = jax.vmap(lambda s: functools.reduce(jax.random.fold_in, s[1:], jax.random.key(s[0])))(row_seeds)
     state = _State(
-        caches=tuple((to_cache(k), to_cache(v)) for k, v in kv),
+        prompt_kv=tuple((to_cache(k), to_cache(v)) for k, v in kv),
+        new_kv=tuple((empty, empty) for _ in kv),
         tokens=jnp.full((rows, new_bucket), pad_id, jnp.int32),
         logprobs=jnp.zeros((rows, new_bucket), jnp.float32),
         done=~row_live,
         length=jnp.zeros((rows,), jnp.int32),
         step=jnp.zeros((), jnp.int32),
-        prompt_lens=prompt_lens[row_prompt],
+        prompt_lens=prompt_lens,
         keys=keys,
     )
-    logits = _final_logits(params, x, config)[row_prompt]
+    logits = jnp.repeat(_final_logits(params, x, config), samples, axis=0)
     return _record(state, logits, values, mode, eos_ids, pad_id)
 
 
-def _decode(params, state: _State, limit, values, *, config, mode, prompt_bucket, eos_ids, pad_id, counter):
+def _attend_shared_prompt(q, k, v, masks):
+    """Decode attention of one new token per row over its prompt's shared cache and its own new tokens.
+
+    q [R, 1, H, Dh] with R = U prompts x M samples; k and v are (prompt cache [U, K, P, Dh], new-token cache
+    [R, K, N, Dh]); masks are (prompt [U, P], new tokens [N]) bool. One softmax over both parts.
+    """
+    (kp, kn), (vp, vn) = k, v
+    prompt_mask, new_mask = masks
+    r, _, h, dh = q.shape
+    u, kv, _, _ = kp.shape
+    m, g, n = r // u, h // kv, kn.shape[2]
+    scale = dh ** -0.5
+    qp = q.reshape(u, m, kv, g, dh)
+    sp = jnp.einsum("umkgd,ukpd->ukpmg", qp, kp.astype(q.dtype), preferred_element_type=jnp.float32)
+    sp = jnp.transpose(jnp.where(prompt_mask[:, None, :, None, None], sp * scale, llama._MASKED), (0, 1, 3, 4, 2))
+    # computed as [R, K, N, G] (the cache as the matmul's tall operand): 2x faster than [R, K, G, N] on XLA:CPU
+    sn = jnp.einsum("rkgd,rknd->rkng", q.reshape(r, kv, g, dh), kn.astype(q.dtype),
+                    preferred_element_type=jnp.float32)
+    sn = jnp.where(new_mask[:, None], sn * scale, llama._MASKED)
+    sn = jnp.transpose(sn.reshape(u, m, kv, n, g), (0, 2, 1, 4, 3))  # [U, K, M, G, N] like sp
+    top = jax.lax.stop_gradient(jnp.maximum(jnp.max(sp, axis=-1), jnp.max(sn, axis=-1)))[..., None]
+    ep, en = jnp.exp(sp - top), jnp.exp(sn - top)
+    total = jnp.sum(ep, axis=-1) + jnp.sum(en, axis=-1)
+    op = jnp.einsum("ukmgp,ukpd->ukmgd", ep.astype(q.dtype), vp.astype(q.dtype))
+    en_rows = jnp.transpose(en, (0, 2, 1, 3, 4)).reshape(r, kv, g, n)
+    on = jnp.einsum("rkgn,rknd->rkgd", en_rows.astype(q.dtype), vn.astype(q.dtype))
+    out = op + jnp.transpose(on.reshape(u, m, kv, g, dh), (0, 2, 1, 3, 4))
+    out = out / total[..., None].astype(q.dtype)
+    return jnp.transpose(out, (0, 2, 1, 3, 4)).reshape(r, 1, h, dh)
+
+
+def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_id, counter):
     """Generates until `limit` tokens or until every row has ended, all inside one while_loop."""
     counter["decode"] += 1
     inv_freq = jnp.asarray(llama.rope_inv_freq(config))
-    slots = jnp.arange(state.caches[0][0].shape[2])
+    prompt_slots = state.prompt_kv[0][0].shape[2]
+    samples = state.tokens.shape[0] // state.prompt_lens.shape[0]
+    prompt_mask = jnp.arange(prompt_slots)[None, :] >= prompt_slots - state.prompt_lens[:, None]
+    new_slots = jnp.arange(state.tokens.shape[1])
+    row_lens = jnp.repeat(state.prompt_lens, samples)
 
     def step(s: _State) -> _State:
         t = s.step
         last = jax.lax.dynamic_index_in_dim(s.tokens, t - 1, axis=1, keepdims=False)
-        slot = prompt_bucket + t - 1  # left padding puts every row's next token in the same slot
-        positions = (s.prompt_lens + t - 1)[:, None]
-        mask = ((slots[None, :] >= prompt_bucket - s.prompt_lens[:, None]) & (slots[None, :] <= slot))[:, None, :]
+        positions = (row_lens + t - 1)[:, None]
+        masks = (prompt_mask, new_slots <= t - 1)
         x = llama.embed(params, last[:, None], config)
-        caches = []
-        for lp, (kc, vc) in zip(params["layers"], s.caches):
-            def splice(k, v, kc=kc, vc=vc):
-                kc = jax.lax.dynamic_update_slice_in_dim(kc, jnp.swapaxes(k, 1, 2).astype(kc.dtype), slot, axis=2)
-                vc = jax.lax.dynamic_update_slice_in_dim(vc, jnp.swapaxes(v, 1, 2).astype(vc.dtype), slot, axis=2)
-                caches.append((kc, vc))
-                return kc, vc
+        new_kv = []
+        for lp, (kp, vp), (kn, vn) in zip(params["layers"], s.prompt_kv, s.new_kv):
+            def splice(k, v, kp=kp, vp=vp, kn=kn, vn=vn):
+                kn = jax.lax.dynamic_update_slice_in_dim(kn, jnp.swapaxes(k, 1, 2).astype(kn.dtype), t - 1, axis=2)
+                vn = jax.lax.dynamic_update_slice_in_dim(vn, jnp.swapaxes(v, 1, 2).astype(vn.dtype), t - 1, axis=2)
+                new_kv.append((kn, vn))
+                return (kp, kn), (vp, vn)
 
-            x = llama.layer(lp, x, positions, mask, config, inv_freq, kv_update=splice,
-                            attend=llama.attention_cached)
-        s = s._replace(caches=tuple(caches))
+            x = llama.layer(lp, x, positions, masks, config, inv_freq, kv_update=splice, attend=_attend_shared_prompt)
+        s = s._replace(new_kv=tuple(new_kv))
         return _record(s, _final_logits(params, x, config), values, mode, eos_ids, pad_id)
 
     def more(s: _State):
@@ -398,41 +436,51 @@ class Engine:
         self.stats: collections.Counter = collections.Counter()  # prompts prefilled, rows decoded
         statics = dict(config=cfg, eos_ids=self.eos_ids, pad_id=self.pad_id, counter=self.compilations)
         self._prefill = jax.jit(functools.partial(_prefill, **statics),
-                                static_argnames=("mode", "new_bucket", "cache_dtype"))
-        self._decode = jax.jit(functools.partial(_decode, **statics), static_argnames=("mode", "prompt_bucket"),
+                                static_argnames=("mode", "samples", "new_bucket", "cache_dtype"))
+        self._decode = jax.jit(functools.partial(_decode, **statics), static_argnames=("mode",),
                                donate_argnames=("state",))
         self._score = jax.jit(functools.partial(_score, config=cfg, counter=self.compilations))
 
     # -------------------------------------------------------------------------------- memory
 
-    def cache_bytes(self, rows: int, prompt_len: int, max_new_tokens: int) -> int:
-        """Bytes of the KV cache for a batch of `rows` sequences (shapes rounded up to their buckets)."""
+    def cache_bytes(self, prompts: int, prompt_len: int, max_new_tokens: int, n: int = 1) -> int:
+        """Bytes of the KV cache for one batch of `prompts` prompts with `n` samples each (shapes rounded up
+        to their buckets): the prompt part once per prompt, the generated part once per sample."""
         c = self.config
-        slots = length_bucket(prompt_len) + length_bucket(max_new_tokens)
-        rows = batch_bucket(rows, self.max_batch)
-        return 2 * c.num_layers * rows * c.num_kv_heads * slots * c.head_dim * self.cache_dtype.itemsize
+        _, u, m = self._batch_shape(prompts, n)
+        slots = u * length_bucket(prompt_len) + u * m * length_bucket(max_new_tokens)
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * slots * self.cache_dtype.itemsize
 
-    def describe_cache(self, rows: int, prompt_len: int, max_new_tokens: int) -> str:
+    def describe_cache(self, prompts: int, prompt_len: int, max_new_tokens: int, n: int = 1) -> str:
         c = self.config
-        slots = length_bucket(prompt_len) + length_bucket(max_new_tokens)
-        return (f"KV cache: 2 x {c.num_layers} layers x {batch_bucket(rows, self.max_batch)} rows x "
-                f"{c.num_kv_heads} kv heads x {slots} slots x {c.head_dim} x {self.cache_dtype.name} = "
-                f"{self.cache_bytes(rows, prompt_len, max_new_tokens) / 2**20:.1f} MiB")
+        _, u, m = self._batch_shape(prompts, n)
+        return (f"KV cache: 2 x {c.num_layers} layers x {c.num_kv_heads} kv heads x {c.head_dim} x "
+                f"({u} prompts x {length_bucket(prompt_len)} slots + {u * m} rows x "
+                f"{length_bucket(max_new_tokens)} slots) x {self.cache_dtype.name} = "
+                f"{self.cache_bytes(prompts, prompt_len, max_new_tokens, n) / 2**20:.1f} MiB")
+
+    def _batch_shape(self, prompts: int, n: int) -> tuple[int, int, int]:
+        """(prompts per batch, prompt slots of the compiled batch, samples per prompt in a batch)."""
+        m = min(n, self.max_batch)  # a prompt with more samples than max_batch is split over batches
+        per_batch = max(1, self.max_batch // m)
+        return per_batch, batch_bucket(min(prompts, per_batch), per_batch), m
 
     # ------------------------------------------------------------------------------ sampling
 
     def generate(self, prompts: list[list[int]], sp: SamplingParams, *, progress: bool = False
                  ) -> list[list[Completion]]:
-        """result[i][j] is sample j of prompt i. Prompts are sorted by length and batched; a prompt's
-        samples share its prefill (a prompt whose n exceeds max_batch is prefilled once per batch)."""
+        """result[i][j] is sample j of prompt i. Prompts are sorted by length and batched, whole prompts
+        per batch, so that a prompt's samples share its prefill and its prompt cache (a prompt whose n exceeds
+        max_batch is prefilled once per batch)."""
         out: list[list[Completion | None]] = [[None] * sp.n for _ in prompts]
         batches = self._plan(prompts, sp)
-        bar = _progress(sum(map(len, batches)), "sampling", "seq") if progress else None
+        bar = _progress(len(prompts) * sp.n, "sampling", "seq") if progress else None
         for batch in batches:
-            for (i, j), completion in zip(batch, self._generate_batch(prompts, batch, sp)):
+            done = self._generate_batch(prompts, batch, sp)
+            for (i, j), completion in done:
                 out[i][j] = completion
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(done))
         if bar is not None:
             bar.close()
         return out  # type: ignore[return-value]
@@ -442,47 +490,50 @@ class Engine:
         so that a timed run measures sampling, not compilation."""
         seen = set()
         for batch in self._plan(prompts, sp):
-            arrays, batch = self._batch_inputs(prompts, batch, sp)
+            arrays, _ = self._batch_inputs(prompts, batch, sp)
             shapes = tuple(np.shape(a) for a in arrays)
             if shapes not in seen:
                 seen.add(shapes)
-                self._run_kernels(arrays, batch, sp, limit=1)
+                self._run_kernels(arrays, sp, limit=1)
 
-    def _plan(self, prompts, sp: SamplingParams) -> list[list[tuple[int, int]]]:
-        """Rows (prompt, sample) sorted by prompt length, cut into batches of at most max_batch rows."""
+    def _plan(self, prompts, sp: SamplingParams) -> list[tuple[list[int], int, int]]:
+        """Batches of (prompt indices, first sample, end sample): whole prompts sorted by length, as many
+        per batch as max_batch rows allow; a prompt with n > max_batch gets batches of its own."""
         self._check_prompts(prompts, sp.max_new_tokens)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        rows = [(i, j) for i in order for j in range(sp.n)]
-        return [rows[k:k + self.max_batch] for k in range(0, len(rows), self.max_batch)]
+        per_batch, _, m = self._batch_shape(len(prompts), sp.n)
+        return [(order[k:k + per_batch], j, min(j + m, sp.n))
+                for k in range(0, len(order), per_batch) for j in range(0, sp.n, m)]
 
     def _batch_inputs(self, prompts, batch, sp: SamplingParams):
-        unique = list(dict.fromkeys(i for i, _ in batch))
-        slot_of = {i: u for u, i in enumerate(unique)}
-        prompt_bucket = length_bucket(max(len(prompts[i]) for i in unique))
-        n_rows = batch_bucket(len(batch), self.max_batch)
-        tokens, lens = _left_pad([prompts[i] for i in unique], prompt_bucket,
-                                 batch_bucket(len(unique), self.max_batch), self.pad_id)
-        row_prompt = np.zeros((n_rows,), np.int32)
-        row_live = np.zeros((n_rows,), bool)
-        row_seeds = np.zeros((n_rows, 3), np.uint32)
-        for r, (i, j) in enumerate(batch):
-            row_prompt[r], row_live[r] = slot_of[i], True
-            row_seeds[r] = (sp.seed & 0xFFFFFFFF, _prompt_hash(prompts[i]), j)
-        return (tokens, lens, row_prompt, row_live, row_seeds), batch
+        """Arrays for `_prefill` and, per row, its (prompt, sample) or None for batch padding."""
+        idx, j0, j1 = batch
+        _, u, m = self._batch_shape(len(idx), j1 - j0)
+        prompt_bucket = length_bucket(max(len(prompts[i]) for i in idx))
+        tokens, lens = _left_pad([prompts[i] for i in idx], prompt_bucket, u, self.pad_id)
+        rows: list[tuple[int, int] | None] = [None] * (u * m)
+        row_seeds = np.zeros((u * m, 3), np.uint32)
+        for a, i in enumerate(idx):
+            for j in range(j0, j1):
+                r = a * m + j - j0
+                rows[r] = (i, j)
+                row_seeds[r] = (sp.seed & 0xFFFFFFFF, _prompt_hash(prompts[i]), j)
+        row_live = np.array([r is not None for r in rows])
+        return (tokens, lens, row_live, row_seeds), rows
 
-    def _run_kernels(self, arrays, batch, sp: SamplingParams, *, limit: int | None = None, stop=None) -> _State:
+    def _run_kernels(self, arrays, sp: SamplingParams, *, limit: int | None = None, stop=None) -> _State:
         """Prefill, then decode to `limit` tokens (default max_new_tokens), calling `stop(state) -> done`
         every few tokens when given."""
         values = _Values(jnp.float32(sp.temperature or 1.0), jnp.int32(sp.top_k), jnp.float32(sp.top_p),
                          jnp.bool_(not sp.ignore_eos))
         mode = _mode(sp)
-        self.stats["prefill_prompts"] += len(dict.fromkeys(i for i, _ in batch))
-        self.stats["rows"] += len(batch)
+        tokens, lens, row_live, row_seeds = arrays
+        self.stats["prefill_prompts"] += int(np.sum(row_live.reshape(len(lens), -1).any(axis=1)))
+        self.stats["rows"] += int(row_live.sum())
         limit = sp.max_new_tokens if limit is None else limit
-        state = self._prefill(self.params, *arrays, values, mode=mode, new_bucket=length_bucket(sp.max_new_tokens),
-                              cache_dtype=self.cache_dtype.name)
-        decode = functools.partial(self._decode, self.params, values=values, mode=mode,
-                                   prompt_bucket=arrays[0].shape[1])
+        state = self._prefill(self.params, *arrays, values, mode=mode, samples=len(row_live) // len(lens),
+                              new_bucket=length_bucket(sp.max_new_tokens), cache_dtype=self.cache_dtype.name)
+        decode = functools.partial(self._decode, self.params, values=values, mode=mode)
         if stop is None:
             return decode(state, limit=jnp.int32(limit))
         chunk = 16  # stop strings are text: check the decoded text between chunks of compiled steps
@@ -493,14 +544,15 @@ class Engine:
                 return state
             state = state._replace(done=jnp.asarray(done))
 
-    def _generate_batch(self, prompts, batch, sp: SamplingParams) -> list[Completion]:
-        arrays, batch = self._batch_inputs(prompts, batch, sp)
+    def _generate_batch(self, prompts, batch, sp: SamplingParams) -> list[tuple[tuple[int, int], Completion]]:
+        arrays, rows = self._batch_inputs(prompts, batch, sp)
+        live = [r for r, row in enumerate(rows) if row is not None]
         stopped: dict[int, tuple[int, int]] = {}
 
         def stop(state):
             toks, length, done = jax.device_get((state.tokens, state.length, state.done))
             done = np.array(done)  # writable copy
-            for r in range(len(batch)):
+            for r in live:
                 if r not in stopped and not done[r]:
                     hit = self._find_stop(toks[r, :length[r]], sp.stop_strings)
                     if hit is not None:
@@ -508,8 +560,8 @@ class Engine:
                         done[r] = True
             return done
 
-        state = self._run_kernels(arrays, batch, sp, stop=stop if sp.stop_strings else None)
-        return self._completions(state, batch, sp, stopped)
+        state = self._run_kernels(arrays, sp, stop=stop if sp.stop_strings else None)
+        return list(zip([rows[r] for r in live], self._completions(state, live, sp, stopped)))
 
     def _find_stop(self, ids, stop_strings) -> tuple[int, int] | None:
         """(tokens to keep, characters to keep) for the earliest stop string in the decoded ids, or None."""
@@ -524,10 +576,10 @@ class Engine:
                 return n, cut
         return len(ids), cut
 
-    def _completions(self, state: _State, batch, sp: SamplingParams, stopped) -> list[Completion]:
+    def _completions(self, state: _State, live: list[int], sp: SamplingParams, stopped) -> list[Completion]:
         toks, logprobs, length = jax.device_get((state.tokens, state.logprobs, state.length))
         out = []
-        for r in range(len(batch)):
+        for r in live:
             n = int(length[r])
             ids, lps = toks[r, :n].tolist(), logprobs[r, :n].tolist()
             if r in stopped:

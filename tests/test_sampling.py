@@ -135,12 +135,18 @@ def test_seeds_reproducible_and_independent_of_batch(engine):
     assert len({tuple(c.token_ids) for c in together[0]}) == 2, "samples of one prompt should differ"
 
 
-def test_samples_share_one_prefill(tiny_model):
-    eng = sampling.Engine(tiny_model, max_batch=8)
-    out = eng.generate(PROMPTS[:2], sampling.SamplingParams(max_new_tokens=8, n=4, ignore_eos=True))
-    assert eng.stats["prefill_prompts"] == 2 and eng.stats["rows"] == 8
-    assert [len(cs) for cs in out] == [4, 4]
-    for prompt, cs in zip(PROMPTS, out):  # every row's cache is its own prompt's
+@pytest.mark.parametrize("n,max_batch,prefills,rows", [
+    (4, 8, 3, 12),  # two prompts x four samples in a batch, then the third prompt
+    (3, 4, 3, 9),  # n does not divide max_batch: one prompt per batch
+    (6, 4, 6, 18),  # n > max_batch: each prompt is split over two batches (4 + 2), prefilled in each
+    (1, 4, 3, 3),  # three distinct prompts in a batch of four prompt slots (one slot is padding)
+])
+def test_samples_share_one_prefill(tiny_model, n, max_batch, prefills, rows):
+    eng = sampling.Engine(tiny_model, max_batch=max_batch)
+    out = eng.generate(PROMPTS[:3], sampling.SamplingParams(max_new_tokens=8, n=n, ignore_eos=True))
+    assert eng.stats["prefill_prompts"] == prefills and eng.stats["rows"] == rows
+    assert [len(cs) for cs in out] == [n] * 3
+    for prompt, cs in zip(PROMPTS, out):  # every row attends to its own prompt's cache
         for c in cs:
             ref = full_logprobs(tiny_model, prompt, c.token_ids)
             np.testing.assert_allclose(c.logprobs, ref[np.arange(8), c.token_ids], atol=1e-4)
