@@ -5,7 +5,7 @@
 Workloads (embedded SmolLM2-135M, fp32, ~300-token chat prompts, 128 new tokens with EOS ignored,
 temperature 1.0, top-p 0.95): `distinct_1`, `distinct_32` (1 and 32 different prompts) and `star_4x8`
 (4 prompts x 8 samples: the STaR workload). Throughput is generated tokens per second end to end, prefill
-included, compilation excluded (both sides get a warm-up). The roofline is the time the workload's FLOPs
+included, compilation excluded (both sides get a warm-up, then the faster of two timed runs counts). The roofline is the time the workload's FLOPs
 take at the measured fp32 matmul peak, or, when larger, the time to stream the weights and KV cache once per
 decode step at the measured memory bandwidth.
 """
@@ -30,6 +30,9 @@ WORKLOADS = {"distinct_1": (1, 1), "distinct_32": (32, 1), "star_4x8": (4, 8)}  
 PROMPT_TOKENS = 300
 NEW_TOKENS = 128
 TOP_P = 0.95
+# Each side is timed twice after its warm-up and the faster run counts: on XLA:CPU the first full-size run
+# after compilation was up to 1.4x slower than the next ones (measured; the cause is not understood).
+REPEATS = 2
 
 _WORDS = ("the model answer question reward judge better worse because reason step first second data "
           "explain careful response helpful honest harmless assistant user compare choose correct wrong "
@@ -77,12 +80,15 @@ def time_ours(engine, prompts, samples, seed=0) -> float:
     sp = sampling.SamplingParams(temperature=1.0, top_p=TOP_P, max_new_tokens=NEW_TOKENS, n=samples,
                                  ignore_eos=True, seed=seed)
     engine.warmup(prompts, sp)
-    t = time.perf_counter()
-    out = engine.generate(prompts, sp)
-    elapsed = time.perf_counter() - t
-    made = sum(len(c.token_ids) for cs in out for c in cs)
-    assert made == len(prompts) * samples * NEW_TOKENS, made
-    return made / elapsed
+    best = 0.0
+    for rep in range(REPEATS):
+        t = time.perf_counter()
+        out = engine.generate(prompts, sp.__class__(**{**sp.__dict__, "seed": seed + rep}))
+        elapsed = time.perf_counter() - t
+        made = sum(len(c.token_ids) for cs in out for c in cs)
+        assert made == len(prompts) * samples * NEW_TOKENS, made
+        best = max(best, made / elapsed)
+    return best
 
 
 def time_hf(hf_model, tokenizer, prompts, samples) -> float:
@@ -98,12 +104,15 @@ def time_hf(hf_model, tokenizer, prompts, samples) -> float:
               pad_token_id=tokenizer.pad_token_id)
     with torch.inference_mode():
         hf_model.generate(ids[:1], attention_mask=mask[:1], max_new_tokens=4, **{**kw, "num_return_sequences": 1})
-        torch.manual_seed(0)
-        t = time.perf_counter()
-        out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw)
-        elapsed = time.perf_counter() - t
-    made = (out.shape[1] - width) * out.shape[0]
-    return made / elapsed
+        best = 0.0
+        for rep in range(REPEATS):
+            torch.manual_seed(rep)
+            t = time.perf_counter()
+            out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw)
+            elapsed = time.perf_counter() - t
+            made = (out.shape[1] - width) * out.shape[0]
+            best = max(best, made / elapsed)
+    return best
 
 
 def main(argv=None) -> int:

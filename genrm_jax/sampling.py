@@ -494,7 +494,7 @@ class Engine:
             shapes = tuple(np.shape(a) for a in arrays)
             if shapes not in seen:
                 seen.add(shapes)
-                self._run_kernels(arrays, sp, limit=1)
+                self._run_kernels(arrays, sp, limit=min(2, sp.max_new_tokens))  # one decode step runs the loop body
 
     def _plan(self, prompts, sp: SamplingParams) -> list[tuple[list[int], int, int]]:
         """Batches of (prompt indices, first sample, end sample): whole prompts sorted by length, as many
