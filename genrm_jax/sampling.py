@@ -334,7 +334,7 @@ def _attend_shared_prompt(q, k, v, masks):
                     preferred_element_type=jnp.float32)
     sn = jnp.where(new_mask[:, None], sn * scale, llama._MASKED)
     sn = jnp.transpose(sn.reshape(u, m, kv, n, g), (0, 2, 1, 4, 3))  # [U, K, M, G, N] like sp
-    top = jax.lax.stop_gradient(jnp.maximum(jnp.max(sp, axis=-1), jnp.max(sn, axis=-1)))[..., None]
+    top = jnp.maximum(jnp.max(sp, axis=-1), jnp.max(sn, axis=-1))[..., None]
     ep, en = jnp.exp(sp - top), jnp.exp(sn - top)
     total = jnp.sum(ep, axis=-1) + jnp.sum(en, axis=-1)
     op = jnp.einsum("ukmgp,ukpd->ukmgd", ep.astype(q.dtype), vp.astype(q.dtype))
