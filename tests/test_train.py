@@ -124,7 +124,7 @@ def test_remat_policies_leave_gradients_unchanged():
     params = {"model": llama.init(jax.random.PRNGKey(0), cfg)}
     batch = _sft_batch(2, 8, 5)
     grads = []
-    for remat, policy in ((False, ""), (True, "dots_with_no_batch_dims_saveable")):
+    for remat, policy in ((False, ""), (True, ""), (True, "dense"), (True, "dots_with_no_batch_dims_saveable")):
         fn = losses.make_loss_fn("sft", cfg.replace(remat=remat, remat_policy=policy))
         grads.append(jax.grad(lambda p: fn(p, batch, None).value)(params))
     for g in grads[1:]:

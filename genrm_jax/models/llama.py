@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
+
+from genrm_jax.models.linear import DENSE, dense, unembed_tied
 
 Params = dict[str, Any]
 
@@ -45,9 +48,9 @@ class LlamaConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: bool = False  # jax.checkpoint each layer: ~same speed on CPU, half the activation memory
-    # With remat: a jax.checkpoint_policies name choosing what each layer keeps for the backward pass; "" = nothing.
-    # "dots_with_no_batch_dims_saveable" keeps the weight matmuls' outputs and recomputes only elementwise ops and
-    # attention: the training step then does no matmul twice.
+    # With remat: what each layer keeps for the backward pass; "" = nothing, "dense" = the weight matmuls' outputs
+    # (and the MLP's hidden activation), so only attention and elementwise ops are recomputed and no weight matmul
+    # runs twice; any other value names a jax.checkpoint_policies policy.
     remat_policy: str = ""
 
     def __post_init__(self):
@@ -316,16 +319,14 @@ def _attention_kv_major(q, kc, vc, mask):
 
 
 def mlp(lp, x):
-    gate = jnp.einsum("btd,df->btf", x, lp["w_gate"].astype(x.dtype))
-    up = jnp.einsum("btd,df->btf", x, lp["w_up"].astype(x.dtype))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["w_down"].astype(x.dtype))
+    gate, up = dense(x, lp["w_gate"]), dense(x, lp["w_up"])
+    # Tagged like the matmul outputs: remat "dense" keeps it, so the backward transposes a stored buffer
+    # instead of recomputing silu inside a strided transpose loop.
+    return dense(checkpoint_name(jax.nn.silu(gate) * up, DENSE), lp["w_down"])
 
 
 def qkv(lp, x, positions, config, inv_freq):
-    dt = x.dtype
-    q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dt))
-    k = jnp.einsum("btd,dhk->bthk", x, lp["wk"].astype(dt))
-    v = jnp.einsum("btd,dhk->bthk", x, lp["wv"].astype(dt))
+    q, k, v = dense(x, lp["wq"]), dense(x, lp["wk"]), dense(x, lp["wv"])
     return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
 
@@ -338,7 +339,7 @@ def layer(lp, x, positions, mask, config, inv_freq, kv_update=None, attend=atten
     if kv_update is not None:
         k, v = kv_update(k, v)
     a = attend(q, k, v, mask)
-    x = x + jnp.einsum("bthk,hkd->btd", a, lp["wo"].astype(x.dtype))
+    x = x + dense(a, lp["wo"], axes=2)
     return x + mlp(lp, rms_norm(x, lp["mlp_norm"], config.rms_norm_eps))
 
 
@@ -349,10 +350,9 @@ def embed(params, tokens, config):
 def unembed(params, hidden, config):
     """Final norm is *not* applied here: `hidden` is already normed."""
     if config.tie_word_embeddings:
-        w = params["embed"].astype(hidden.dtype)
-        return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=jnp.float32)
+        return unembed_tied(hidden, params["embed"])
     w = params["lm_head"].astype(hidden.dtype)
-    return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+    return checkpoint_name(jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32), DENSE)
 
 
 def causal_mask(segment_ids):
@@ -388,7 +388,7 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
         return layer(lp, x, positions, mask, config, inv_freq), None
 
     if config.remat:
-        policy = getattr(jax.checkpoint_policies, config.remat_policy) if config.remat_policy else None
+        policy = remat_policy(config.remat_policy)
         body = jax.checkpoint(body, prevent_cse=False, policy=policy)
     if isinstance(params["layers"], (list, tuple)):
         for lp in params["layers"]:
@@ -398,6 +398,18 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
 
     hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
     return Output(unembed(params, hidden, config) if logits else None, hidden if return_hidden else None)
+
+
+def remat_policy(name: str):
+    """`LlamaConfig.remat_policy` -> a jax.checkpoint policy (None = save nothing)."""
+    if not name:
+        return None
+    if name == DENSE:
+        return jax.checkpoint_policies.save_only_these_names(DENSE)
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        raise ValueError(f"unknown remat_policy {name!r}: expected '', {DENSE!r} or a jax.checkpoint_policies name")
+    return policy
 
 
 def segment_positions(segment_ids):
