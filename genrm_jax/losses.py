@@ -44,12 +44,15 @@ class Loss(NamedTuple):
 def token_logprobs(logits, tokens):
     """[B, T] log p(tokens[:, t] | tokens[:, <t]); position 0 has no context and gets 0.
 
-    logsumexp minus the picked logit: XLA fuses it, so no [B, T, V] log-softmax is materialised.
+    logsumexp minus the picked logit: XLA fuses it, so no [B, T, V] log-softmax is materialised. Every
+    position predicts the next token (the last one a dummy, dropped afterwards): shifting the [B, T] result
+    instead of slicing the [B, T, V] logits saves a copy of the logits and of their gradient.
     """
-    logits = logits[:, :-1].astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+    logits = logits.astype(jnp.float32)
+    following = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    picked = jnp.take_along_axis(logits, following[:, :, None], axis=-1)[..., 0]
     lp = picked - jax.nn.logsumexp(logits, axis=-1)
-    return jnp.pad(lp, ((0, 0), (1, 0)))
+    return jnp.pad(lp[:, :-1], ((0, 0), (1, 0)))
 
 
 def sequence_logprobs(logits, tokens, loss_mask):
@@ -67,7 +70,7 @@ def sft(logits, tokens, loss_mask) -> Loss:
     denom = jnp.maximum(n, 1.0)
     lp = token_logprobs(logits, tokens)
     loss = -jnp.sum(lp * m) / denom
-    hit = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32)
+    hit = (jnp.argmax(logits, axis=-1)[:, :-1] == tokens[:, 1:]).astype(jnp.float32)
     acc = jnp.sum(hit * m[:, 1:]) / denom
     return Loss(loss, n, {"loss": loss, "token_accuracy": acc})
 

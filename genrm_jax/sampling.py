@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrm_jax.models import llama
+from genrm_jax.models import attention, llama
 
 _NUCLEUS_K = 64  # top-k width of the fast path; the exact fallback takes over beyond it
 # SmolLM2 at temperature 1 has a median top-p(0.95) nucleus of hundreds of tokens, so in a batch of more
@@ -328,11 +328,11 @@ def _attend_shared_prompt(q, k, v, masks):
     scale = dh ** -0.5
     qp = q.reshape(u, m, kv, g, dh)
     sp = jnp.einsum("umkgd,ukpd->ukpmg", qp, kp.astype(q.dtype), preferred_element_type=jnp.float32)
-    sp = jnp.transpose(jnp.where(prompt_mask[:, None, :, None, None], sp * scale, llama._MASKED), (0, 1, 3, 4, 2))
+    sp = jnp.transpose(jnp.where(prompt_mask[:, None, :, None, None], sp * scale, attention.MASKED), (0, 1, 3, 4, 2))
     # computed as [R, K, N, G] (the cache as the matmul's tall operand): 2x faster than [R, K, G, N] on XLA:CPU
     sn = jnp.einsum("rkgd,rknd->rkng", q.reshape(r, kv, g, dh), kn.astype(q.dtype),
                     preferred_element_type=jnp.float32)
-    sn = jnp.where(new_mask[:, None], sn * scale, llama._MASKED)
+    sn = jnp.where(new_mask[:, None], sn * scale, attention.MASKED)
     sn = jnp.transpose(sn.reshape(u, m, kv, n, g), (0, 2, 1, 4, 3))  # [U, K, M, G, N] like sp
     top = jnp.maximum(jnp.max(sp, axis=-1), jnp.max(sn, axis=-1))[..., None]
     ep, en = jnp.exp(sp - top), jnp.exp(sn - top)

@@ -57,9 +57,9 @@ def test_dense_remat_policy_keeps_the_weight_matmul_outputs(capsys):
         print_saved_residuals(lambda p: loss(p, policy), params)
         return [line for line in capsys.readouterr().out.splitlines() if f"named '{linear.DENSE}'" in line]
 
-    # q, k, v, attention output projection, gate, up, silu(gate) * up (the down projection feeds only the
+    # q, k, v, attention output, its projection, gate, up, silu(gate) * up (the down projection feeds only the
     # residual add, whose backward does not need it)
-    assert len(named("dense")) == 7, named("dense")
+    assert len(named("dense")) == 8, named("dense")
     assert named("") == []
 
 

@@ -8,7 +8,7 @@ import transformers
 
 from conftest import tiny_config
 from genrm_jax.io import hf
-from genrm_jax.models import llama
+from genrm_jax.models import attention, llama
 
 torch.set_num_threads(2)
 
@@ -159,10 +159,10 @@ def test_blocked_causal_attention_equals_one_contraction(batch, length):
     real = jnp.asarray(seg > 0)[:, :, None, None]  # a padding query attends to nothing: its output is free
 
     def plain(q, k, v):
-        return jnp.where(real, llama._attention_kv_major(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask), 0)
+        return jnp.where(real, attention.attention_kv_major(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask), 0)
 
     def blocked(q, k, v):
-        return jnp.where(real, llama.attention(q, k, v, mask), 0)
+        return jnp.where(real, attention.self_attention(q, k, v, mask), 0)
 
     np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), atol=1e-5)
     g_plain = jax.grad(lambda *a: jnp.sum(plain(*a) ** 2), argnums=(0, 1, 2))(q, k, v)

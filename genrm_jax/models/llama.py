@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from genrm_jax.models.attention import self_attention
 from genrm_jax.models.linear import DENSE, dense, unembed_tied
 
 Params = dict[str, Any]
@@ -48,8 +49,8 @@ class LlamaConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: bool = False  # jax.checkpoint each layer: ~same speed on CPU, half the activation memory
-    # With remat: what each layer keeps for the backward pass; "" = nothing, "dense" = the weight matmuls' outputs
-    # (and the MLP's hidden activation), so only attention and elementwise ops are recomputed and no weight matmul
+    # With remat: what each layer keeps for the backward pass; "" = nothing, "dense" = the weight matmuls' outputs,
+    # the MLP's hidden activation and the attention output, so only elementwise ops are recomputed and no matmul
     # runs twice; any other value names a jax.checkpoint_policies policy.
     remat_policy: str = ""
 
@@ -265,59 +266,6 @@ def apply_rope(x, positions, inv_freq):
     return out.astype(x.dtype)
 
 
-_MASKED = -1e30  # finite so that a fully masked (padding) row gives a uniform softmax, not NaN
-
-
-# How XLA:CPU runs causal self-attention fastest (measured at 4 x 512 and 32 x 320 tokens, SmolLM2 shapes):
-# - over the batch two rows at a time (`lax.map`), so each chunk's [K, G*T, S] scores stay in cache through
-#   mask, softmax and the second contraction: 2.2x faster forward, 1.3x faster forward + backward;
-# - with the queries cut into `_CAUSAL_BLOCKS` blocks that each read only the keys up to their own end
-#   (the rest are masked anyway): a further 1.6x on forward + backward at 512 tokens.
-# Accelerators get one batched contraction (where a fused attention kernel belongs).
-_CPU_ATTENTION_ROWS = 2
-_CAUSAL_BLOCKS = 4
-_MIN_BLOCK = 32
-
-
-def attention(q, k, v, mask):
-    """Causal grouped-query self-attention without repeating K/V.
-
-    q [B, T, H, Dh]; k, v [B, T, K, Dh]; mask [B, T, T] bool (True = may attend). The mask must be causal
-    (as `causal_mask` makes it): on CPU, keys after a query block are skipped without looking at the mask.
-    """
-    kc, vc = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, T, Dh]
-    b, t = q.shape[:2]
-    if jax.default_backend() != "cpu":
-        return _attention_kv_major(q, kc, vc, mask)
-    blocks = _CAUSAL_BLOCKS if t % _CAUSAL_BLOCKS == 0 and t // _CAUSAL_BLOCKS >= _MIN_BLOCK else 1
-    size = t // blocks
-
-    def causal(q, kc, vc, mask):
-        outs = [_attention_kv_major(q[:, i * size:(i + 1) * size], kc[:, :, :(i + 1) * size],
-                                    vc[:, :, :(i + 1) * size], mask[:, i * size:(i + 1) * size, :(i + 1) * size])
-                for i in range(blocks)]
-        return jnp.concatenate(outs, axis=1)
-
-    rows = _CPU_ATTENTION_ROWS if b % _CPU_ATTENTION_ROWS == 0 else 1
-    if b <= rows:
-        return causal(q, kc, vc, mask)
-    split = lambda a: a.reshape((b // rows, rows) + a.shape[1:])  # noqa: E731
-    return jax.lax.map(lambda a: causal(*a), (split(q), split(kc), split(vc), split(mask))).reshape(q.shape)
-
-
-def _attention_kv_major(q, kc, vc, mask):
-    """`attention` with K/V as [B, K, S, Dh] and the queries of each KV head as one [G*T, Dh] matrix."""
-    b, t, h, dh = q.shape
-    kv, s = kc.shape[1], kc.shape[2]
-    g = h // kv
-    qm = jnp.transpose(q.reshape(b, t, kv, g, dh), (0, 2, 3, 1, 4)).reshape(b, kv, g * t, dh)
-    scores = jnp.einsum("bkmd,bksd->bkms", qm, kc, preferred_element_type=jnp.float32).reshape(b, kv, g, t, s)
-    scores = jnp.where(mask[:, None, None], scores * (dh ** -0.5), _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(vc.dtype).reshape(b, kv, g * t, s)
-    out = jnp.einsum("bkms,bksd->bkmd", probs, vc).reshape(b, kv, g, t, dh)
-    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, dh)
-
-
 def mlp(lp, x):
     gate, up = dense(x, lp["w_gate"]), dense(x, lp["w_up"])
     # Tagged like the matmul outputs: remat "dense" keeps it, so the backward transposes a stored buffer
@@ -330,7 +278,7 @@ def qkv(lp, x, positions, config, inv_freq):
     return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
 
-def layer(lp, x, positions, mask, config, inv_freq, kv_update=None, attend=attention):
+def layer(lp, x, positions, mask, config, inv_freq, kv_update=None, attend=self_attention):
     """One decoder layer. `kv_update(k, v) -> (k_all, v_all)` lets the sampler splice in its KV cache, and
     `attend(q, k_all, v_all, mask)` reads them in whatever layout that cache keeps (the sampler's
     shared-prompt attention)."""
@@ -338,7 +286,9 @@ def layer(lp, x, positions, mask, config, inv_freq, kv_update=None, attend=atten
     q, k, v = qkv(lp, h, positions, config, inv_freq)
     if kv_update is not None:
         k, v = kv_update(k, v)
-    a = attend(q, k, v, mask)
+    # Kept by remat "dense" like a matmul output: the attention backward recomputes its own probabilities, so
+    # nothing else needs the attention forward again.
+    a = checkpoint_name(attend(q, k, v, mask), DENSE)
     x = x + dense(a, lp["wo"], axes=2)
     return x + mlp(lp, rms_norm(x, lp["mlp_norm"], config.rms_norm_eps))
 
