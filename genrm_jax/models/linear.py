@@ -30,8 +30,12 @@ def _on_cpu() -> bool:
 def dense(x, w, axes: int = 1):
     """Contract the last `axes` axes of x with the first `axes` of w: [..., *in] x [*in, *out] -> [..., *out]."""
     w = w.astype(x.dtype)
-    y = _dense_cpu(x, w, axes) if _on_cpu() else jnp.tensordot(x, w, axes)
+    y = (_dense_cpu if _on_cpu() else _matmul)(x, w, axes)
     return checkpoint_name(y, DENSE)
+
+
+def _matmul(x, w, axes):
+    return jnp.tensordot(x, w, axes)
 
 
 def _as_matrices(x, w, axes):
@@ -39,10 +43,7 @@ def _as_matrices(x, w, axes):
     return x.reshape(-1, k), w.reshape(k, -1)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_cpu(x, w, axes):
-    x2, w2 = _as_matrices(x, w, axes)
-    return (x2 @ w2).reshape(x.shape[:x.ndim - axes] + w.shape[axes:])
+_dense_cpu = partial(jax.custom_vjp, nondiff_argnums=(2,))(_matmul)
 
 
 def _dense_fwd(x, w, axes):
@@ -76,15 +77,14 @@ _dense_cpu.defvjp(_dense_fwd, _dense_bwd)
 
 def unembed_tied(hidden, embedding):
     """hidden [..., D] x embedding [V, D] -> float32 logits [..., V]."""
-    embedding = embedding.astype(hidden.dtype)
-    if _on_cpu():
-        return _unembed_cpu(hidden, embedding)
+    return (_unembed_cpu if _on_cpu() else _logits)(hidden, embedding.astype(hidden.dtype))
+
+
+def _logits(hidden, embedding):
     return jnp.einsum("...d,vd->...v", hidden, embedding, preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
-def _unembed_cpu(hidden, embedding):
-    return jnp.einsum("...d,vd->...v", hidden, embedding, preferred_element_type=jnp.float32)
+_unembed_cpu = jax.custom_vjp(_logits)
 
 
 def _unembed_fwd(hidden, embedding):
