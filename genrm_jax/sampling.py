@@ -284,7 +284,7 @@ def _prefill(params, prompts, prompt_lens, row_live, row_seeds, values, *, confi
     segment = (jnp.arange(p)[None, :] >= p - prompt_lens[:, None]).astype(jnp.int32)
     positions = llama.segment_positions(segment)
     mask = llama.causal_mask(segment)
-    inv_freq = jnp.asarray(llama.rope_inv_freq(config))
+    rope = llama.rope(positions, config, max_position=p)
     x = llama.embed(params, prompts, config)
     kv = []
 
@@ -293,7 +293,7 @@ def _prefill(params, prompts, prompt_lens, row_live, row_seeds, values, *, confi
         return k, v
 
     for lp in params["layers"]:
-        x = llama.layer(lp, x, positions, mask, config, inv_freq, kv_update=keep)
+        x = llama.layer(lp, x, rope, mask, config, kv_update=keep)
 
     rows = u * samples
     empty = jnp.zeros((rows, config.num_kv_heads, new_bucket, config.head_dim), cache_dtype)
@@ -348,7 +348,6 @@ def _attend_shared_prompt(q, k, v, masks):
 def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_id, counter):
     """Generates until `limit` tokens or until every row has ended, all inside one while_loop."""
     counter["decode"] += 1
-    inv_freq = jnp.asarray(llama.rope_inv_freq(config))
     prompt_slots = state.prompt_kv[0][0].shape[2]
     samples = state.tokens.shape[0] // state.prompt_lens.shape[0]
     prompt_mask = jnp.arange(prompt_slots)[None, :] >= prompt_slots - state.prompt_lens[:, None]
@@ -358,7 +357,7 @@ def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_
     def step(s: _State) -> _State:
         t = s.step
         last = jax.lax.dynamic_index_in_dim(s.tokens, t - 1, axis=1, keepdims=False)
-        positions = (row_lens + t - 1)[:, None]
+        rope = llama.rope((row_lens + t - 1)[:, None], config, max_position=prompt_slots + new_slots.size)
         masks = (prompt_mask, new_slots <= t - 1)
         x = llama.embed(params, last[:, None], config)
         new_kv = []
@@ -369,7 +368,7 @@ def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_
                 new_kv.append((kn, vn))
                 return (kp, kn), (vp, vn)
 
-            x = llama.layer(lp, x, positions, masks, config, inv_freq, kv_update=splice, attend=_attend_shared_prompt)
+            x = llama.layer(lp, x, rope, masks, config, kv_update=splice, attend=_attend_shared_prompt)
         s = s._replace(new_kv=tuple(new_kv))
         return _record(s, _final_logits(params, x, config), values, mode, eos_ids, pad_id)
 

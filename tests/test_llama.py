@@ -92,6 +92,17 @@ def test_unrolled_equals_scanned_and_remat(tiny):
     assert jax.tree.all(jax.tree.map(lambda x, y: bool((x == y).all()), restacked, params))
 
 
+def test_rope_table_equals_in_graph_rope(tiny):
+    cfg = tiny.replace(rope_theta=500000.0)
+    positions = jnp.asarray([[0, 1, 5, 63], [7, 7, 0, 100]])
+    computed = llama.rope(positions, cfg)
+    looked_up = llama.rope(positions, cfg, max_position=101)
+    for a, b in zip(computed, looked_up):
+        assert a.shape == b.shape == (2, 4, cfg.head_dim // 2)
+        np.testing.assert_allclose(b, a, atol=2e-5)
+    assert not np.allclose(computed[0][1, 3], computed[0][1, 2])  # positions 100 and 0 differ
+
+
 def test_bf16_params_and_compute(tiny):
     params = llama.init(jax.random.PRNGKey(2), tiny)
     cfg16 = tiny.replace(param_dtype="bfloat16", compute_dtype="bfloat16")

@@ -256,11 +256,24 @@ def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
     return inv.astype(np.float32)
 
 
-def apply_rope(x, positions, inv_freq):
-    """Rotate-half RoPE. x [B, T, N, Dh]; positions [B, T] int."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+def rope(positions, config: LlamaConfig, max_position: int | None = None):
+    """(cos, sin), each [B, T, Dh/2], for integer positions [B, T]: computed once and shared by all layers.
+
+    With a static bound `max_position` (> every position) the values are looked up in a table built at trace
+    time. The sampler's unrolled layers need that: XLA fuses in-graph cos and sin into every layer's
+    rotation and recomputes them per element of every head (~5% of a 32-row decode step, measured).
+    """
+    inv_freq = rope_inv_freq(config)
+    if max_position is None:
+        angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+        return jnp.cos(angles), jnp.sin(angles)
+    angles = np.arange(max_position, dtype=np.float32)[:, None] * inv_freq[None, :]
+    return jnp.asarray(np.cos(angles))[positions], jnp.asarray(np.sin(angles))[positions]
+
+
+def apply_rope(x, rope):
+    """Rotate-half RoPE. x [B, T, N, Dh]; rope = `rope(positions, config)`."""
+    cos, sin = (a[:, :, None, :] for a in rope)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -273,17 +286,17 @@ def mlp(lp, x):
     return dense(checkpoint_name(jax.nn.silu(gate) * up, DENSE), lp["w_down"])
 
 
-def qkv(lp, x, positions, config, inv_freq):
+def qkv(lp, x, rope):
     q, k, v = dense(x, lp["wq"]), dense(x, lp["wk"]), dense(x, lp["wv"])
-    return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+    return apply_rope(q, rope), apply_rope(k, rope), v
 
 
-def layer(lp, x, positions, mask, config, inv_freq, kv_update=None, attend=self_attention):
+def layer(lp, x, rope, mask, config, kv_update=None, attend=self_attention):
     """One decoder layer. `kv_update(k, v) -> (k_all, v_all)` lets the sampler splice in its KV cache, and
     `attend(q, k_all, v_all, mask)` reads them in whatever layout that cache keeps (the sampler's
     shared-prompt attention)."""
     h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
-    q, k, v = qkv(lp, h, positions, config, inv_freq)
+    q, k, v = qkv(lp, h, rope)
     if kv_update is not None:
         k, v = kv_update(k, v)
     # Kept by remat "dense" like a matmul output: the attention backward recomputes its own probabilities, so
@@ -331,11 +344,11 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
     if positions is None:
         positions = segment_positions(segment_ids)
     mask = causal_mask(segment_ids)
-    inv_freq = jnp.asarray(rope_inv_freq(config))
+    angles = rope(positions, config)
     x = embed(params, tokens, config)
 
     def body(x, lp):
-        return layer(lp, x, positions, mask, config, inv_freq), None
+        return layer(lp, x, angles, mask, config), None
 
     if config.remat:
         policy = remat_policy(config.remat_policy)
