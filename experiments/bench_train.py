@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -38,6 +39,11 @@ def flops_per_token(cfg, seq_len: int) -> float:
     return 6.0 * matmul_params + 12.0 * n * h * dh * seq_len
 
 
+def _page_faults() -> int:
+    # minor faults: each a fresh page of a buffer that the allocator handed back to the kernel (runtime.py)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _tokens(vocab: int, batch: int, seq: int) -> np.ndarray:
     return np.random.default_rng(0).integers(3, vocab, size=(batch, seq)).astype(np.int32)
 
@@ -45,7 +51,7 @@ def _tokens(vocab: int, batch: int, seq: int) -> np.ndarray:
 def bench_ours(batch: int, seq: int, steps: int) -> dict:
     import jax
 
-    from genrm_jax import losses, train
+    from genrm_jax import losses, runtime, train
     from genrm_jax.io import load_model
 
     model = load_model(tokenizer=False)
@@ -61,15 +67,18 @@ def bench_ours(batch: int, seq: int, steps: int) -> dict:
     t = time.perf_counter()
     state, m = step(state, data, jax.random.PRNGKey(0))
     float(m["loss"])
+    runtime.release_fragments()
     compile_s = time.perf_counter() - t
-    times, loss = [], None
+    times, faults, loss = [], [], None
     for i in range(steps):
-        t = time.perf_counter()
+        t, f = time.perf_counter(), _page_faults()
         state, m = step(state, data, jax.random.PRNGKey(i + 1))
         loss = float(m["loss"])
+        runtime.release_fragments()  # what train.train does after every step
         times.append(time.perf_counter() - t)
-    return {"tok_s": batch * seq / min(times), "step_s": times, "first_step_s": compile_s, "loss": loss,
-            "peak_rss_gb": peak_rss_gb(), "peak_flops": matmul_peak_flops(),
+        faults.append(_page_faults() - f)
+    return {"tok_s": batch * seq / min(times), "step_s": times, "page_faults": faults, "first_step_s": compile_s,
+            "loss": loss, "peak_rss_gb": peak_rss_gb(), "peak_flops": matmul_peak_flops(),
             "flops_per_token": flops_per_token(cfg, seq)}
 
 
@@ -96,12 +105,14 @@ def bench_hf(batch: int, seq: int, steps: int) -> dict:
     t = time.perf_counter()
     one()
     first = time.perf_counter() - t
-    times, loss = [], None
+    times, faults, loss = [], [], None
     for _ in range(steps):
-        t = time.perf_counter()
+        t, f = time.perf_counter(), _page_faults()
         loss = one()
         times.append(time.perf_counter() - t)
-    return {"tok_s": batch * seq / min(times), "step_s": times, "first_step_s": first, "loss": loss,
+        faults.append(_page_faults() - f)
+    return {"tok_s": batch * seq / min(times), "step_s": times, "page_faults": faults, "first_step_s": first,
+            "loss": loss,
             "peak_rss_gb": peak_rss_gb(), "threads": torch.get_num_threads()}
 
 
@@ -142,6 +153,7 @@ def main(argv=None):
     for name, r, u in (("genrm-jax", ours, mfu), ("transformers", hf, hf_mfu)):
         print(f"{name:>13}: {r['tok_s']:7.1f} tok/s  mfu {u:.3f}  peak RSS {r['peak_rss_gb']:.2f} GB  "
               f"steps {', '.join(f'{s:.2f}' for s in r['step_s'])} s (first {r['first_step_s']:.1f} s)  "
+              f"page faults {', '.join(str(n) for n in r['page_faults'])}  "
               f"loss {r['loss']:.4f}")
     print(json.dumps(summary))
 

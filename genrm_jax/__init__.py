@@ -1,4 +1,4 @@
 """genrm-jax: generative reward models (LLM judges) and Bradley-Terry baselines in JAX."""
 from genrm_jax import runtime as _runtime
 
-_runtime.keep_freed_memory()
+_runtime.apply()

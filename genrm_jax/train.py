@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genrm_jax import runtime
 from genrm_jax.losses import Loss
 
 
@@ -186,6 +187,7 @@ def train(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int
             step_no += 1
             state, metrics = step_fn(state, _device_batch(batch), jax.random.fold_in(state.rng, step_no))
             loss = float(metrics["loss"])  # also the sync point that makes the throughput honest
+            runtime.release_fragments()  # keeps RSS from growing by a stranded copy of the step's buffers
             if not math.isfinite(loss):
                 last = checkpointer.latest_path() if checkpointer is not None else None
                 raise NonFiniteLossError(
