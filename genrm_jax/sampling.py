@@ -3,6 +3,8 @@
 Why it is shaped this way (measured on a 2-core CPU, see NOTES.md and the README):
 - Layers are unrolled over per-layer params, each with its own cache arrays that `dynamic_update_slice`
   updates in place inside `lax.while_loop`; a stacked cache under `scan` is copied every step.
+- Activations are feature-major and weights [out, in] (`models/feature_major.py`): with 1 to 32 tokens per
+  step, XLA:CPU's matmuls run 1.5x faster that way round (decode step of 4 prompts x 8 samples: 125 -> 98 ms).
 - The cache is split in two: the prompt's K/V, written once by the prefill and stored once per *distinct
   prompt* [prompts, kv_heads, prompt_slots, head_dim], and the generated tokens' K/V per row
   [rows, kv_heads, new_slots, head_dim]. The n samples of a prompt share its prefill and its prompt cache:
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrm_jax.models import attention, llama
+from genrm_jax.models import attention, feature_major, llama
 
 _NUCLEUS_K = 64  # top-k width of the fast path; the exact fallback takes over beyond it
 # SmolLM2 at temperature 1 has a median top-p(0.95) nucleus of hundreds of tokens, so in a batch of more
@@ -266,8 +268,20 @@ def _record(state: _State, logits, values: _Values, mode: _Mode, eos_ids, pad_id
 
 
 def _final_logits(params, x, config):
-    h = llama.rms_norm(x[:, -1:], params["final_norm"], config.rms_norm_eps)
-    return llama.unembed(params, h, config)[:, 0]
+    """x [D, T] (feature-major) -> logits [T, V] of those tokens."""
+    return feature_major.logits(params, feature_major.rms_norm(x, params["final_norm"], config.rms_norm_eps), config)
+
+
+def _prompt_pass(params, prompts, prompt_lens, config, kv_update=None):
+    """Left-padded prompts [U, P] through every layer -> the last token's logits [U, V]."""
+    u, p = prompts.shape
+    segment = (jnp.arange(p)[None, :] >= p - prompt_lens[:, None]).astype(jnp.int32)
+    rope = llama.rope(llama.segment_positions(segment), config, max_position=p)
+    mask = llama.causal_mask(segment)
+    x = feature_major.embed(params, prompts, config)
+    for lp in params["layers"]:
+        x = feature_major.layer(lp, x, rope, mask, config, (u, p), kv_update=kv_update)
+    return _final_logits(params, x.reshape(-1, u, p)[:, :, -1], config)
 
 
 def _prefill(params, prompts, prompt_lens, row_live, row_seeds, values, *, config, mode, samples, new_bucket,
@@ -280,20 +294,14 @@ def _prefill(params, prompts, prompt_lens, row_live, row_seeds, values, *, confi
     prompt u.
     """
     counter["prefill"] += 1  # runs at trace time only: counts compilations
-    u, p = prompts.shape
-    segment = (jnp.arange(p)[None, :] >= p - prompt_lens[:, None]).astype(jnp.int32)
-    positions = llama.segment_positions(segment)
-    mask = llama.causal_mask(segment)
-    rope = llama.rope(positions, config, max_position=p)
-    x = llama.embed(params, prompts, config)
+    u = prompts.shape[0]
     kv = []
 
     def keep(k, v):
         kv.append((k, v))
         return k, v
 
-    for lp in params["layers"]:
-        x = llama.layer(lp, x, rope, mask, config, kv_update=keep)
+    logits = _prompt_pass(params, prompts, prompt_lens, config, kv_update=keep)
 
     rows = u * samples
     empty = jnp.zeros((rows, config.num_kv_heads, new_bucket, config.head_dim), cache_dtype)
@@ -310,7 +318,7 @@ def _prefill(params, prompts, prompt_lens, row_live, row_seeds, values, *, confi
         prompt_lens=prompt_lens,
         keys=keys,
     )
-    logits = jnp.repeat(_final_logits(params, x, config), samples, axis=0)
+    logits = jnp.repeat(logits, samples, axis=0)
     return _record(state, logits, values, mode, eos_ids, pad_id)
 
 
@@ -359,7 +367,7 @@ def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_
         last = jax.lax.dynamic_index_in_dim(s.tokens, t - 1, axis=1, keepdims=False)
         rope = llama.rope((row_lens + t - 1)[:, None], config, max_position=prompt_slots + new_slots.size)
         masks = (prompt_mask, new_slots <= t - 1)
-        x = llama.embed(params, last[:, None], config)
+        x = feature_major.embed(params, last[:, None], config)
         new_kv = []
         for lp, (kp, vp), (kn, vn) in zip(params["layers"], s.prompt_kv, s.new_kv):
             def splice(k, v, kp=kp, vp=vp, kn=kn, vn=vn):
@@ -368,7 +376,8 @@ def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_
                 new_kv.append((kn, vn))
                 return (kp, kn), (vp, vn)
 
-            x = llama.layer(lp, x, rope, masks, config, kv_update=splice, attend=_attend_shared_prompt)
+            x = feature_major.layer(lp, x, rope, masks, config, (x.shape[1], 1), kv_update=splice,
+                                    attend=_attend_shared_prompt)
         s = s._replace(new_kv=tuple(new_kv))
         return _record(s, _final_logits(params, x, config), values, mode, eos_ids, pad_id)
 
@@ -380,10 +389,7 @@ def _decode(params, state: _State, limit, values, *, config, mode, eos_ids, pad_
 
 def _score(params, prompts, prompt_lens, candidates, *, config, counter):
     counter["score"] += 1
-    p = prompts.shape[1]
-    real = (jnp.arange(p)[None, :] >= p - prompt_lens[:, None]).astype(jnp.int32)
-    hidden = llama.forward(params, prompts, config, attention_mask=real, logits=False, return_hidden=True).hidden
-    logits = llama.unembed(params, hidden[:, -1:], config)[:, 0]
+    logits = _prompt_pass(params, prompts, prompt_lens, config)
     return jax.nn.log_softmax(logits, axis=-1)[:, candidates]
 
 
@@ -427,7 +433,7 @@ class Engine:
         self.tokenizer = model.tokenizer
         self.cache_dtype = jnp.dtype(cache_dtype)
         self.max_batch = max_batch
-        self.params = llama.unstack_layers(model.params)
+        self.params = feature_major.prepare(model.params, model.config)  # see models/feature_major.py
         cfg = self.config
         self.eos_ids = tuple(int(e) for e in cfg.eos_token_ids)
         self.pad_id = int(cfg.pad_token_id if cfg.pad_token_id is not None else (self.eos_ids or (0,))[0])

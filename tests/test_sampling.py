@@ -152,7 +152,7 @@ def test_samples_share_one_prefill(tiny_model, n, max_batch, prefills, rows):
             np.testing.assert_allclose(c.logprobs, ref[np.arange(8), c.token_ids], atol=1e-4)
 
 
-def test_eos_and_stop_strings(engine):
+def test_eos_and_stop_strings(tiny_model, engine):
     base = engine.generate(PROMPTS, sampling.SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True))
     ids = base[0][0].token_ids
     stop = BracketTokenizer().decode(ids[5:7])
@@ -165,7 +165,7 @@ def test_eos_and_stop_strings(engine):
     assert out.token_ids == ids[:keep] and len(out.logprobs) == keep
     # treating a generated token as EOS ends the sequence there, EOS included in token_ids
     eos = ids[3]
-    eng = sampling.Engine(Model(engine.config.replace(eos_token_ids=(eos,)), engine.params, BracketTokenizer(), ""),
+    eng = sampling.Engine(Model(engine.config.replace(eos_token_ids=(eos,)), tiny_model.params, BracketTokenizer(), ""),
                           max_batch=8)
     got = eng.generate(PROMPTS[:1], sampling.SamplingParams(temperature=0.0, max_new_tokens=24))[0][0]
     first = ids.index(eos)
