@@ -4,7 +4,7 @@
 
 One optimiser step — forward, backward, global-norm clipping and AdamW — of the embedded SmolLM2-135M in fp32
 on a batch of 4 x 512 tokens, with the same loss (next-token cross-entropy over every position) on both sides:
-ours is `train.make_train_step` (layers under scan, each rematerialised except its matmuls' outputs) and
+ours is `train.make_train_step` (layers unrolled, each rematerialised except its matmuls' outputs) and
 theirs `LlamaForCausalLM` with `torch.optim.AdamW`, both on all of this machine's cores. Each side runs in its own child process so that its
 peak RSS is its own; compilation and the first step are excluded (one warm-up step each).
 
@@ -30,6 +30,10 @@ BATCH, SEQ = 4, 512
 # Keep the weight matmuls' and attention's outputs, recompute the elementwise rest: no matmul runs twice, and
 # peak memory stays under Hugging Face's (which keeps every activation).
 REMAT_POLICY = "dense"
+# Unrolled layers (LlamaConfig.scan_layers=False): 4% faster steps on this CPU than under scan, which copies every
+# layer's saved activations into stacked buffers and back (measured 152.8-157.8 -> 159.6-164.8 tok/s), for 6.1-6.7
+# instead of 5.4 GB, still below Hugging Face's ~7 GB.
+SCAN_LAYERS = False
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
@@ -54,7 +58,7 @@ def bench_ours(batch: int, seq: int, steps: int) -> dict:
     from genrm_jax import losses, runtime, train
     from genrm_jax.io import load_model
 
-    model = load_model(tokenizer=False)
+    model = load_model(tokenizer=False, scan_layers=SCAN_LAYERS)
     cfg = model.config.replace(remat=True, remat_policy=REMAT_POLICY)
     tokens = _tokens(cfg.vocab_size, batch, seq)
     loss_mask = np.ones_like(tokens)

@@ -62,14 +62,16 @@ def test_sharded_index_round_trip(tmp_path):
     assert tree_equal(hf.load_params(out, hf.load_config(out)), params)
 
 
-def test_load_with_shardings(tmp_path):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_load_with_shardings(tmp_path, scan_layers):
     from genrm_jax import sharding
 
     config = tiny_config()
     params, out = exported(tmp_path, config)
+    config = config.replace(scan_layers=scan_layers)
     shard = sharding.shardings(llama.logical_axes(config), sharding.make_mesh())
     loaded = hf.load_params(out, config, shardings=shard)
-    assert tree_equal(loaded, params)
+    assert tree_equal(loaded, llama.arrange_layers(params, config))
     assert jax.tree.leaves(loaded)[0].sharding == jax.tree.leaves(shard)[0]
 
 

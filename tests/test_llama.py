@@ -116,7 +116,27 @@ def test_bf16_params_and_compute(tiny):
     assert float(jnp.abs(out - ref).max()) < 0.05
 
 
-def test_logical_axes_cover_every_param(tiny):
+def test_unscanned_layers_give_the_same_loss_and_gradients(tiny):
+    cfg = tiny.replace(scan_layers=False, remat=True, remat_policy="dense")
+    params = llama.init(jax.random.PRNGKey(4), cfg)
+    assert isinstance(params["layers"], list) and len(params["layers"]) == cfg.num_layers
+    assert "layers" not in llama.logical_axes(cfg)["layers"][0]["wq"]
+    stacked = llama.arrange_layers(params, cfg.replace(scan_layers=True))
+    tokens = jnp.arange(24).reshape(2, 12) % cfg.vocab_size
+
+    def loss(p, c):
+        return jnp.mean(jax.nn.logsumexp(llama.forward(p, tokens, c).logits, axis=-1))
+
+    l_unrolled, g_unrolled = jax.value_and_grad(loss)(params, cfg)
+    l_scanned, g_scanned = jax.value_and_grad(loss)(stacked, cfg.replace(scan_layers=True))
+    np.testing.assert_allclose(l_unrolled, l_scanned, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(llama.stack_layers(g_unrolled)), jax.tree.leaves(g_scanned)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_logical_axes_cover_every_param(tiny, scan_layers):
+    tiny = tiny.replace(scan_layers=scan_layers)
     params = llama.init(jax.random.PRNGKey(0), tiny)
     axes = llama.logical_axes(tiny)
     flat_p = jax.tree_util.tree_leaves_with_path(params)

@@ -78,7 +78,7 @@ def hf_tensor_shapes(c: llama.LlamaConfig) -> dict[str, tuple]:
     for key, name, _, to_hf in _top_table(c):
         out[name] = to_hf(np.empty(shapes[key][0], np.bool_)).shape
     for key, name, _, to_hf in _layer_table(c):
-        shape = to_hf(np.empty(shapes["layers"][key][0][1:], np.bool_)).shape
+        shape = to_hf(np.empty(_layer_shape(shapes, key), np.bool_)).shape
         for i in range(c.num_layers):
             out[f"model.layers.{i}.{name}"] = shape
     return out
@@ -129,7 +129,7 @@ def _np_dtype(name: str):
 
 
 def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> llama.Params:
-    """Reads weights into the stacked param layout, in `config.param_dtype`.
+    """Reads weights into the param layout of `config` (`scan_layers`), in `config.param_dtype`.
 
     `shardings`: optional pytree of `jax.sharding.Sharding` matching the params (see sharding.py); each
     device then receives only its shard.
@@ -159,13 +159,28 @@ def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> ll
         fill(leaf, tensors[name], to_ours)
         params[key] = place(key, leaf)
         del leaf
+    if not config.scan_layers:
+        params["layers"] = [{} for _ in range(config.num_layers)]
     for key, name, to_ours, _ in _layer_table(config):
-        stacked = _aligned_empty(shapes["layers"][key][0], dtype)
-        for i in range(config.num_layers):
-            fill(stacked[i], tensors[f"model.layers.{i}.{name}"], to_ours)
-        params["layers"][key] = place("layers/" + key, stacked)
-        del stacked
+        if config.scan_layers:
+            stacked = _aligned_empty(shapes["layers"][key][0], dtype)
+            for i in range(config.num_layers):
+                fill(stacked[i], tensors[f"model.layers.{i}.{name}"], to_ours)
+            params["layers"][key] = place("layers/" + key, stacked)
+            del stacked
+            continue
+        for i, layer in enumerate(params["layers"]):
+            leaf = _aligned_empty(_layer_shape(shapes, key), dtype)
+            fill(leaf, tensors[f"model.layers.{i}.{name}"], to_ours)
+            layer[key] = place(f"layers/{i}/{key}", leaf)
+            del leaf
     return params
+
+
+def _layer_shape(shapes, key) -> tuple:
+    """One layer's shape of weight `key`, in either layer layout."""
+    layers = shapes["layers"]
+    return layers[0][key][0] if isinstance(layers, list) else layers[key][0][1:]
 
 
 def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
@@ -176,10 +191,14 @@ def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
 
 
 def _leaf_keys(tree, prefix=""):
+    """Slash-joined paths of a spec tree's leaves, in `jax.tree.leaves` order (dict keys sorted, lists in order)."""
+    if isinstance(tree, list):
+        items = [(str(i), v) for i, v in enumerate(tree)]
+    else:
+        items = [(k, tree[k]) for k in sorted(tree)]
     keys = []
-    for k in sorted(tree):
-        v = tree[k]
-        if isinstance(v, dict):
+    for k, v in items:
+        if isinstance(v, (dict, list)):
             keys += _leaf_keys(v, prefix + k + "/")
         else:
             keys.append(prefix + k)
