@@ -31,8 +31,8 @@ BATCH, SEQ = 4, 512
 # peak memory stays under Hugging Face's (which keeps every activation).
 REMAT_POLICY = "dense"
 # Unrolled layers (LlamaConfig.scan_layers=False): 4% faster steps on this CPU than under scan, which copies every
-# layer's saved activations into stacked buffers and back (measured 152.8-157.8 -> 159.6-164.8 tok/s), for 6.1-6.7
-# instead of 5.4 GB, still below Hugging Face's ~7 GB.
+# layer's saved activations into stacked buffers and back (measured 152.8-157.8 -> 159.6-164.8 tok/s), for 6.5
+# instead of 5.4 GB peak RSS, still below Hugging Face's 7.1-7.4 GB.
 SCAN_LAYERS = False
 
 
