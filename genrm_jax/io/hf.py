@@ -12,7 +12,6 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
