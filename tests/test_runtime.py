@@ -29,10 +29,32 @@ def test_cpu_dispatch_is_synchronous_after_import():
 def test_release_fragments_acts_only_when_the_heap_grew():
     runtime.release_fragments()
     assert runtime.release_fragments() is False  # nothing new since the last call
-    # more than all the free memory the heap holds (earlier tests leave some, never trimmed), so it must grow;
-    # np.empty leaves the pages untouched, so this costs no RSS
-    free = runtime._libc().mallinfo2().fordblks
-    big = np.empty(free + (64 << 20), np.uint8)
-    del big
+    # bigger than all the free chunks below the heap's top together, so it must extend the in-use part of the
+    # heap; np.empty leaves the pages untouched, so this costs no RSS
+    info = runtime._libc().mallinfo2()
+    big = np.empty(info.fordblks - info.keepcost + (64 << 20), np.uint8)
     assert runtime.release_fragments() is True
     assert runtime.release_fragments() is False
+    del big
+
+
+def _thp_on() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@glibc_only
+@pytest.mark.skipif(not _thp_on(), reason="transparent huge pages are off on this machine")
+def test_heap_is_advised_huge_pages_on_import(monkeypatch):
+    with open("/proc/self/smaps") as f:
+        smaps = f.read().split("\n")
+    heap_flags = [smaps[i + j] for i, line in enumerate(smaps) if line.endswith("[heap]")
+                  for j in range(1, 40) if i + j < len(smaps) and smaps[i + j].startswith("VmFlags:")][:1]
+    assert heap_flags and " hg" in heap_flags[0]
+    start, end = runtime._heap_span()
+    assert end - start >= 1 << 30  # the reservation: address space, not memory
+    monkeypatch.setenv("GENRM_JAX_SYSTEM_MALLOC", "1")
+    assert runtime.huge_page_heap() is False
