@@ -1,4 +1,5 @@
 """The allocator and dispatch settings applied on import (genrm_jax/runtime.py)."""
+import os
 import sys
 
 import numpy as np
@@ -38,7 +39,9 @@ def test_release_fragments_acts_only_when_the_heap_grew():
     del big
 
 
-def _thp_on() -> bool:
+def _huge_pages_expected() -> bool:
+    if os.environ.get("GENRM_JAX_HUGE_PAGES") == "0" or os.environ.get("GENRM_JAX_SYSTEM_MALLOC") == "1":
+        return False
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             return "[never]" not in f.read()
@@ -47,13 +50,13 @@ def _thp_on() -> bool:
 
 
 @glibc_only
-@pytest.mark.skipif(not _thp_on(), reason="transparent huge pages are off on this machine")
+@pytest.mark.skipif(not _huge_pages_expected(), reason="transparent huge pages are off here, or opted out")
 def test_heap_is_advised_huge_pages_on_import(monkeypatch):
     with open("/proc/self/smaps") as f:
-        smaps = f.read().split("\n")
-    heap_flags = [smaps[i + j] for i, line in enumerate(smaps) if line.endswith("[heap]")
-                  for j in range(1, 40) if i + j < len(smaps) and smaps[i + j].startswith("VmFlags:")][:1]
-    assert heap_flags and " hg" in heap_flags[0]
+        smaps = f.read().splitlines()
+    heap = next(i for i, line in enumerate(smaps) if line.endswith("[heap]"))
+    flags = next(line for line in smaps[heap + 1:] if line.startswith("VmFlags:"))
+    assert " hg" in flags  # madvise(MADV_HUGEPAGE) was applied to the heap
     start, end = runtime._heap_span()
     assert end - start >= 1 << 30  # the reservation: address space, not memory
     monkeypatch.setenv("GENRM_JAX_SYSTEM_MALLOC", "1")
