@@ -42,11 +42,8 @@ def test_release_fragments_acts_only_when_the_heap_grew():
 def _huge_pages_expected() -> bool:
     if os.environ.get("GENRM_JAX_HUGE_PAGES") == "0" or os.environ.get("GENRM_JAX_SYSTEM_MALLOC") == "1":
         return False
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return "[never]" not in f.read()
-    except OSError:
-        return False
+    thp = runtime._read("/sys/kernel/mm/transparent_hugepage/enabled")  # "" where the kernel has none
+    return bool(thp) and "[never]" not in thp
 
 
 @glibc_only
