@@ -55,9 +55,12 @@ class LlamaConfig:
     remat_policy: str = ""
     # The layout of params["layers"]: True = each weight stacked along a leading "layers" axis and the layer loop a
     # `lax.scan` (one compiled layer: fast compiles, the least memory; the layout for large models and TPU pods);
-    # False = a list of per-layer dicts and the loop unrolled. On XLA:CPU unrolled training steps were ~4% faster
+    # False = a list of per-layer dicts and the loop unrolled. On XLA:CPU unrolled training steps were 2-4% faster
     # (no copying of each layer's saved activations into and out of stacked buffers), at 1.6x the compile time
-    # and ~1.1 GB more peak memory for SmolLM2-135M (bench_train: 6.5 instead of 5.4 GB).
+    # and ~1.1 GB more peak memory for SmolLM2-135M (bench_train: 6.5 instead of 5.4 GB). Where that goes: XLA:CPU
+    # removes optimization barriers before it schedules, and its scheduler then runs the backward pass's
+    # recomputations (RMS norms, sigmoids, transposed activations; each needs only forward values) during the
+    # forward pass, so they stay alive as if saved; a scanned layer's backward cannot start before its turn.
     scan_layers: bool = True
 
     def __post_init__(self):
