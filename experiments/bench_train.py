@@ -11,7 +11,7 @@ excluded (one warm-up step each).
 
 Hugging Face runs twice per round:
 - `hf`: as a user runs it, with glibc's default allocator. This is the baseline the figures compare against
-  (`hf_tok_s`, `ratio`, `hf_peak_rss_gb`). Its step page-faults every large buffer back in (~530,000 faults).
+  (`hf_tok_s`, `ratio`, `hf_peak_rss_gb`). Its step page-faults every large buffer back in (~540,000 faults).
 - `hf_tuned`: with the allocator settings that importing `genrm_jax` applies to its own process
   (`genrm_jax.runtime`: large buffers kept in the heap, huge pages). They spare torch its page faults too, so
   this is Hugging Face given our runtime work: reported as `hf_tuned_tok_s` and `ratio_vs_hf_tuned`.

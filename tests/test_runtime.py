@@ -43,11 +43,13 @@ def _huge_pages_expected() -> bool:
     if os.environ.get("GENRM_JAX_HUGE_PAGES") == "0" or os.environ.get("GENRM_JAX_SYSTEM_MALLOC") == "1":
         return False
     thp = runtime._read("/sys/kernel/mm/transparent_hugepage/enabled")  # "" where the kernel has none
-    return bool(thp) and "[never]" not in thp
+    strict_overcommit = runtime._read("/proc/sys/vm/overcommit_memory").strip() == "2"
+    return bool(thp) and "[never]" not in thp and not strict_overcommit
 
 
 @glibc_only
-@pytest.mark.skipif(not _huge_pages_expected(), reason="transparent huge pages are off here, or opted out")
+@pytest.mark.skipif(not _huge_pages_expected(),
+                    reason="transparent huge pages are off here, strict overcommit, or opted out")
 def test_heap_is_advised_huge_pages_on_import(monkeypatch):
     with open("/proc/self/smaps") as f:
         smaps = f.read().splitlines()
