@@ -15,7 +15,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m experiments.llm_judge --workdir runs/llm_judge
+	$(BIN)/python -m experiments.star_dpo --workdir runs/star_dpo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench_sampling --json
 	$(BIN)/python -m experiments.bench_train --json
+	$(BIN)/python -m experiments.bench_star
 
 clean-venv:
 	rm -rf $(VENV)

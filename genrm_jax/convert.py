@@ -4,23 +4,46 @@
 
 SRC: a registered name (smollm2-135m-instruct), a .gguf file or a Hugging Face directory. DST receives
 config.json, safetensors weights, the tokenizer and its chat template; `transformers` loads it as
-LlamaForCausalLM. Everything goes through the same loader the experiments use.
+LlamaForCausalLM. Everything goes through the same loader the experiments use. A SRC without a tokenizer is
+refused before anything is written (DST could not be loaded), and a failed conversion leaves nothing at DST.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
+# What `tokenizer.load_tokenizer` reads: one of these must be in the source directory.
+TOKENIZER_NEEDS = ("tokenizer.json", "tokenizer.model")
+
 
 def convert(src: str, dst: str, dtype: str = "float32") -> str:
-    from genrm_jax.io import hf, load_model
+    from genrm_jax.io import hf, load_model, registry
 
-    if os.path.exists(dst) and os.listdir(dst):
-        raise FileExistsError(f"{dst}: destination exists and is not empty")
-    model = load_model(src, param_dtype=dtype, tokenizer=False)
-    hf.save_hf(model.params, model.config, dst, tokenizer_dir=model.path, dtype=dtype)
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise FileExistsError(f"{dst}: destination exists and is not an empty directory")
+    path = registry.resolve(src)
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_NEEDS):
+        where = src if os.path.abspath(path) == os.path.abspath(src) else f"{src} (converted to {path})"
+        raise ValueError(f"{where}: no tokenizer files ({' or '.join(TOKENIZER_NEEDS)} missing), so {dst} could "
+                         "not be loaded; add the model's tokenizer files to the source first")
+    model = load_model(path, param_dtype=dtype)  # loads the tokenizer too: one that fails fails here
+    created = not os.path.exists(dst)
+    try:
+        hf.save_hf(model.params, model.config, dst, tokenizer_dir=model.path, dtype=dtype)
+    except BaseException:
+        if created:
+            shutil.rmtree(dst, ignore_errors=True)
+        else:  # it was an empty directory: empty it again
+            for name in os.listdir(dst):
+                p = os.path.join(dst, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                else:
+                    os.remove(p)
+        raise
     return dst
 
 

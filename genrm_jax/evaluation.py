@@ -3,6 +3,9 @@
 Conventions: a vote is 1 (chosen judged better), 0 (rejected judged better) or -1 (no verdict). An example's
 score is 1 / 0 when the judge's P(chosen) is above / below 1/2 and `invalid_score` (RewardBench: 0.5, a tie)
 when it is exactly 1/2, which is what an invalid or split judgment gives.
+
+Reports are strict JSON: a value that is undefined (the confidence interval of a single example) is None and is
+written as null, never as NaN.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import os
 from typing import Sequence
 
 import numpy as np
+
+from genrm_jax.runs import strict_json
 
 # RewardBench v1 sections (allenai/reward-bench, rewardbench/constants.py): a section score is the mean of its
 # subsets' accuracies weighted by these official example counts. math-prm (447 examples) is weighted to 984 so
@@ -109,10 +114,14 @@ def maj_at_k(votes: np.ndarray, k: int, invalid_score: float = 0.5) -> np.ndarra
 
 
 def mean_ci(x: np.ndarray) -> dict:
-    """Mean with a normal-approximation 95% confidence interval over examples, clipped to [0, 1]."""
+    """Mean with a normal-approximation 95% confidence interval over examples, clipped to [0, 1].
+
+    Undefined values are None: the interval of fewer than two examples, the mean of none."""
     x = np.asarray(x, np.float64)
-    m = float(x.mean())
-    half = Z95 * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+    m = float(x.mean()) if len(x) else None
+    if len(x) < 2:
+        return {"accuracy": m, "lo": None, "hi": None, "n": int(len(x))}
+    half = Z95 * float(x.std(ddof=1)) / math.sqrt(len(x))
     return {"accuracy": m, "lo": max(0.0, m - half), "hi": min(1.0, m + half), "n": int(len(x))}
 
 
@@ -148,11 +157,14 @@ def dataset_report(records: Sequence[dict], p_chosen: np.ndarray, votes: np.ndar
     """Everything for one dataset. `votes`: [N, orders, k] in chosen/rejected terms (1/0/-1)."""
     if len(records) != len(p_chosen) or len(records) != len(votes):
         raise ValueError(f"{len(records)} records, {len(p_chosen)} probabilities, {len(votes)} vote rows")
+    if not len(records):
+        raise ValueError("no records to score: an accuracy over 0 examples is undefined")
     scores = example_scores(p_chosen, invalid_score)
     subsets = accuracy_by(scores, [r["subset"] for r in records])
+    ci = mean_ci(scores)
     report = {
-        "accuracy": float(scores.mean()) if len(scores) else float("nan"),
-        "accuracy_ci95": [mean_ci(scores)["lo"], mean_ci(scores)["hi"]] if len(scores) > 1 else None,
+        "accuracy": float(scores.mean()),
+        "accuracy_ci95": [ci["lo"], ci["hi"]] if len(scores) > 1 else None,
         "n": len(records),
         "invalid_rate": invalid_rate(votes),
         "subsets": subsets,
@@ -169,30 +181,36 @@ def dataset_report(records: Sequence[dict], p_chosen: np.ndarray, votes: np.ndar
     return report
 
 
+def _num(x) -> str:
+    """x to 4 decimals; "n/a" for an undefined value (None or NaN)."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
+
+
 def markdown(reports: dict[str, dict], meta: dict | None = None) -> str:
     lines = ["# Evaluation report", ""]
     for key, value in (meta or {}).items():
-        lines.append(f"- {key}: `{json.dumps(value)}`" if isinstance(value, (dict, list)) else f"- {key}: {value}")
+        lines.append(f"- {key}: `{json.dumps(strict_json(value))}`" if isinstance(value, (dict, list))
+                     else f"- {key}: {value}")
     for name, rep in reports.items():
         ci = rep.get("accuracy_ci95")
-        extras = [f"invalid rate {rep['invalid_rate']:.4f}"]
+        extras = [f"invalid rate {_num(rep['invalid_rate'])}"]
         if "position_consistency" in rep:
-            extras.append(f"position consistency {rep['position_consistency']:.4f}")
+            extras.append(f"position consistency {_num(rep['position_consistency'])}")
         if rep.get("first_position_rate") is not None:
-            extras.append(f"first-position rate {rep['first_position_rate']:.4f}")
+            extras.append(f"first-position rate {_num(rep['first_position_rate'])}")
         lines += ["", f"## {name}", "",
-                  f"accuracy **{rep['accuracy']:.4f}**" + (f" (95% CI [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else "")
+                  f"accuracy **{_num(rep['accuracy'])}**" + (f" (95% CI [{_num(ci[0])}, {_num(ci[1])}])" if ci else "")
                   + f" over n = {rep['n']}; " + "; ".join(extras), ""]
         if "sections" in rep:
             lines += ["| section | score |", "|---|---|"]
-            lines += [f"| {k} | {v:.4f} |" for k, v in rep["sections"].items()] + [""]
+            lines += [f"| {k} | {_num(v)} |" for k, v in rep["sections"].items()] + [""]
         lines += ["| category | n | accuracy |", "|---|---|---|"]
-        lines += [f"| {k} | {v['n']} | {v['accuracy']:.4f} |" for k, v in rep["categories"].items()] + [""]
+        lines += [f"| {k} | {v['n']} | {_num(v['accuracy'])} |" for k, v in rep["categories"].items()] + [""]
         lines += ["| subset | n | accuracy |", "|---|---|---|"]
-        lines += [f"| {k} | {v['n']} | {v['accuracy']:.4f} |" for k, v in rep["subsets"].items()]
+        lines += [f"| {k} | {v['n']} | {_num(v['accuracy'])} |" for k, v in rep["subsets"].items()]
         if "maj_at_k" in rep:
             lines += ["", "| k | maj@k | 95% CI |", "|---|---|---|"]
-            lines += [f"| {k} | {v['accuracy']:.4f} | [{v['lo']:.4f}, {v['hi']:.4f}] |"
+            lines += [f"| {k} | {_num(v['accuracy'])} | [{_num(v['lo'])}, {_num(v['hi'])}] |"
                       for k, v in rep["maj_at_k"].items()]
     return "\n".join(lines) + "\n"
 
@@ -210,9 +228,10 @@ def plot_maj(reports: dict[str, dict], path: str) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         ks = [int(k) for k in curve]
-        acc = np.array([v["accuracy"] for v in curve.values()])
-        lo = np.array([v["lo"] for v in curve.values()])
-        hi = np.array([v["hi"] for v in curve.values()])
+        # None (an undefined interval) becomes NaN, which matplotlib leaves out
+        acc = np.array([v["accuracy"] for v in curve.values()], np.float64)
+        lo = np.array([v["lo"] for v in curve.values()], np.float64)
+        hi = np.array([v["hi"] for v in curve.values()], np.float64)
         ax.plot(ks, acc, marker="o", label=name)
         ax.fill_between(ks, lo, hi, alpha=0.2)
     ax.set_xscale("log", base=2)
@@ -230,11 +249,15 @@ def plot_maj(reports: dict[str, dict], path: str) -> bool:
 
 
 def write_report(workdir: str, reports: dict[str, dict], meta: dict | None = None) -> dict[str, str]:
-    """report.json, report.md and (when there are maj@k curves) majk.png in `workdir`; returns their paths."""
+    """report.json, report.md and (when there are maj@k curves) majk.png in `workdir`; returns their paths.
+
+    report.json is strict JSON (`json.loads` parses it with any parser): undefined values are null, never NaN.
+    """
     os.makedirs(workdir, exist_ok=True)
     paths = {"json": os.path.join(workdir, "report.json"), "md": os.path.join(workdir, "report.md")}
+    text = json.dumps(strict_json({"meta": meta or {}, "datasets": reports}), indent=2, allow_nan=False)
     with open(paths["json"], "w") as f:
-        json.dump({"meta": meta or {}, "datasets": reports}, f, indent=2)
+        f.write(text)
     with open(paths["md"], "w") as f:
         f.write(markdown(reports, meta))
     png = os.path.join(workdir, "majk.png")

@@ -1,8 +1,9 @@
 """Batch sampling to JSONL: many prompts x n samples, resumable.
 
-Prompts are sorted by length and sent to the engine a batch at a time; each finished prompt is appended to
-the output file as one JSON line, so a killed job rerun with the same arguments skips every prompt already
-written and redoes only the rest.
+Prompts are sorted by length and sent to the engine a batch at a time; each prompt is appended to the output
+file as one JSON line as soon as its batch finishes, so a killed job loses at most the batch in progress
+(`--max-batch` rows), and rerun with the same arguments it skips every prompt already written and redoes only
+the rest, drawing the same samples an uninterrupted run would (samples do not depend on the batch).
 
     python -m genrm_jax.generate --input prompts.jsonl --output samples.jsonl --n 8 --top-p 0.95
 
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Iterable
 
+from genrm_jax.runs import append_jsonl
 from genrm_jax.sampling import Engine, SamplingParams
 
 
@@ -46,29 +47,20 @@ def prompt_ids(record: dict, tokenizer, where: str) -> list[int]:
 
 def finished_ids(path: str) -> set[str]:
     """Ids already written to `path`. A last line cut short by a killed job is removed from the file."""
-    if not os.path.exists(path):
-        return set()
-    done: set[str] = set()
-    with open(path, "rb+") as f:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # an unfinished last line: drop it so the resumed job rewrites that prompt
-            f.truncate(end)
-    for n, line in enumerate(data[:end].splitlines(), 1):
-        if line.strip():
-            try:
-                done.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InputError(f"{path}:{n}: not a result line of this runner ({e})") from None
-    return done
+    from genrm_jax.runs import read_resumable
+
+    try:
+        return set(read_resumable(path))
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def run(engine: Engine, records: Iterable[dict], sp: SamplingParams, output: str, *,
-        rows_per_batch: int | None = None, progress: bool = True, source: str = "<records>") -> int:
+        progress: bool = True, source: str = "<records>") -> int:
     """Samples every record not yet in `output` and appends the results; returns how many it sampled.
 
-    `rows_per_batch` (default: the engine's max_batch) bounds prompts x n per engine call, which is also
-    how often results reach the file.
+    Each prompt's line is written and flushed as soon as the engine batch that finishes it returns, so a
+    kill loses at most the batch in progress (`engine.max_batch` rows).
     """
     records = list(records)
     seen: set[str] = set()
@@ -82,8 +74,12 @@ def run(engine: Engine, records: Iterable[dict], sp: SamplingParams, output: str
     done = finished_ids(output)
     todo = [(r["id"], prompt_ids(r, engine.tokenizer, f"{source}:{n}"))
             for n, r in enumerate(records, 1) if r["id"] not in done]
-    todo.sort(key=lambda item: len(item[1]))  # similar lengths share a shape bucket and waste less padding
-    per_call = max(1, (rows_per_batch or engine.max_batch) // sp.n)
+    context = engine.config.max_position_embeddings
+    lines = {r["id"]: n for n, r in enumerate(records, 1)}
+    for rid, ids in todo:
+        if len(ids) + sp.max_new_tokens > context:
+            raise InputError(f"{source}:{lines[rid]}: prompt of {len(ids)} tokens + max_new_tokens="
+                             f"{sp.max_new_tokens} exceeds the model's context of {context}")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -91,15 +87,12 @@ def run(engine: Engine, records: Iterable[dict], sp: SamplingParams, output: str
         bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="prompts", unit="prompt")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "a", encoding="utf-8") as f:
-        for k in range(0, len(todo), per_call):
-            chunk = todo[k:k + per_call]
-            results = engine.generate([ids for _, ids in chunk], sp)
-            for (rid, _), completions in zip(chunk, results):
-                line = {"id": rid, "completions": [dataclasses.asdict(c) for c in completions]}
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
-            f.flush()
+        def write(i, completions):
+            append_jsonl(f, {"id": todo[i][0], "completions": [dataclasses.asdict(c) for c in completions]})
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(1)
+
+        engine.generate([ids for _, ids in todo], sp, on_prompt=write)
     if bar is not None:
         bar.close()
     return len(todo)
@@ -115,7 +108,10 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Sample completions for a JSONL file of prompts (resumable).")
+    ap = argparse.ArgumentParser(
+        description="Sample completions for a JSONL file of prompts (resumable).",
+        epilog="Results are appended per finished engine batch: a kill loses at most the batch in progress "
+               "(--max-batch rows, i.e. max_batch / n prompts); rerunning the same command resumes.")
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
     ap.add_argument("--model", default=None, help="registered name, GGUF file or Hugging Face directory")
@@ -126,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=32, help="rows (prompts x samples) per engine batch")
     ap.add_argument("--cache-dtype", default="float32", choices=("float32", "bfloat16"))
     args = ap.parse_args(argv)
 
@@ -136,7 +132,11 @@ def main(argv=None) -> int:
     engine = Engine(model, cache_dtype=args.cache_dtype, max_batch=args.max_batch)
     sp = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         max_new_tokens=args.max_new_tokens, n=args.n, stop_strings=tuple(args.stop), seed=args.seed)
-    made = run(engine, read_jsonl(args.input), sp, args.output, source=args.input)
+    try:
+        made = run(engine, read_jsonl(args.input), sp, args.output, source=args.input)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"sampled {made} prompts into {args.output}", file=sys.stderr)
     return 0
 

@@ -75,56 +75,67 @@ def sft(logits, tokens, loss_mask) -> Loss:
     return Loss(loss, n, {"loss": loss, "token_accuracy": acc})
 
 
-def _preference_metrics(loss, h, chosen_logp, rejected_logp, chosen_reward, rejected_reward):
+def _wmean(x, w):
+    """Mean of x over the rows that count (w = 1 real, 0 batch padding); w None: all rows count."""
+    if w is None:
+        return jnp.mean(x)
+    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _units(x, w):
+    return jnp.asarray(x.shape[0], jnp.float32) if w is None else jnp.sum(w)
+
+
+def _preference_metrics(loss, h, chosen_logp, rejected_logp, chosen_reward, rejected_reward, w=None):
     return {
         "loss": loss,
-        "accuracy": jnp.mean((h > 0).astype(jnp.float32)),  # implicit-reward accuracy; ties count as wrong
-        "margin": jnp.mean(chosen_reward - rejected_reward),
-        "chosen_logp": jnp.mean(chosen_logp),
-        "rejected_logp": jnp.mean(rejected_logp),
-        "chosen_reward": jnp.mean(chosen_reward),
-        "rejected_reward": jnp.mean(rejected_reward),
+        "accuracy": _wmean((h > 0).astype(jnp.float32), w),  # implicit-reward accuracy; ties count as wrong
+        "margin": _wmean(chosen_reward - rejected_reward, w),
+        "chosen_logp": _wmean(chosen_logp, w),
+        "rejected_logp": _wmean(rejected_logp, w),
+        "chosen_reward": _wmean(chosen_reward, w),
+        "rejected_reward": _wmean(rejected_reward, w),
     }
 
 
-def dpo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, beta: float = 1.0) -> Loss:
-    """Eq. 9: -log σ(β[(log π_c - log ref_c) - (log π_r - log ref_r)]) on summed completion log-probs."""
+def dpo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, beta: float = 1.0, weights=None) -> Loss:
+    """Eq. 9: -log σ(β[(log π_c - log ref_c) - (log π_r - log ref_r)]) on summed completion log-probs.
+
+    `weights` [B] (1 = a real pair, 0 = batch padding) makes padded rows count for nothing; None = all count."""
     rc = beta * (chosen_logp - ref_chosen_logp)
     rr = beta * (rejected_logp - ref_rejected_logp)
     h = rc - rr
-    loss = -jnp.mean(jax.nn.log_sigmoid(h))
-    return Loss(loss, jnp.asarray(h.shape[0], jnp.float32),
-                _preference_metrics(loss, h, chosen_logp, rejected_logp, rc, rr))
+    loss = -_wmean(jax.nn.log_sigmoid(h), weights)
+    return Loss(loss, _units(h, weights), _preference_metrics(loss, h, chosen_logp, rejected_logp, rc, rr, weights))
 
 
-def ipo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, beta: float = 0.4) -> Loss:
+def ipo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, beta: float = 0.4, weights=None) -> Loss:
     """IPO (Azar et al.): (h - 1/(2β))² with h the difference of log-ratios; β = τ = 0.4 for the Rationalizer."""
     rc = chosen_logp - ref_chosen_logp
     rr = rejected_logp - ref_rejected_logp
     h = rc - rr
-    loss = jnp.mean((h - 1.0 / (2.0 * beta)) ** 2)
-    return Loss(loss, jnp.asarray(h.shape[0], jnp.float32),
-                _preference_metrics(loss, h, chosen_logp, rejected_logp, rc, rr))
+    loss = _wmean((h - 1.0 / (2.0 * beta)) ** 2, weights)
+    return Loss(loss, _units(h, weights), _preference_metrics(loss, h, chosen_logp, rejected_logp, rc, rr, weights))
 
 
-def bradley_terry(chosen_reward, rejected_reward) -> Loss:
+def bradley_terry(chosen_reward, rejected_reward, weights=None) -> Loss:
     """Eq. 2: -log σ(r_c - r_r)."""
     d = chosen_reward - rejected_reward
-    loss = -jnp.mean(jax.nn.log_sigmoid(d))
-    metrics = {"loss": loss, "accuracy": jnp.mean((d > 0).astype(jnp.float32)), "margin": jnp.mean(d),
-               "mean_reward": jnp.mean(0.5 * (chosen_reward + rejected_reward))}
-    return Loss(loss, jnp.asarray(d.shape[0], jnp.float32), metrics)
+    loss = -_wmean(jax.nn.log_sigmoid(d), weights)
+    metrics = {"loss": loss, "accuracy": _wmean((d > 0).astype(jnp.float32), weights), "margin": _wmean(d, weights),
+               "mean_reward": _wmean(0.5 * (chosen_reward + rejected_reward), weights)}
+    return Loss(loss, _units(d, weights), metrics)
 
 
-def pairrm(scores, labels) -> Loss:
+def pairrm(scores, labels, weights=None) -> Loss:
     """Binary cross-entropy of σ(score) = P(first answer better) against labels (1 = first is better)."""
     s = scores.astype(jnp.float32)
     y = labels.astype(jnp.float32)
     # -[y log σ(s) + (1-y) log σ(-s)], written with log_sigmoid for stability
-    loss = -jnp.mean(y * jax.nn.log_sigmoid(s) + (1 - y) * jax.nn.log_sigmoid(-s))
-    acc = jnp.mean(((s > 0) == (y > 0.5)).astype(jnp.float32))
-    return Loss(loss, jnp.asarray(s.size, jnp.float32),
-                {"loss": loss, "accuracy": acc, "mean_prob_first": jnp.mean(jax.nn.sigmoid(s))})
+    loss = -_wmean(y * jax.nn.log_sigmoid(s) + (1 - y) * jax.nn.log_sigmoid(-s), weights)
+    acc = _wmean(((s > 0) == (y > 0.5)).astype(jnp.float32), weights)
+    return Loss(loss, _units(s, weights),
+                {"loss": loss, "accuracy": acc, "mean_prob_first": _wmean(jax.nn.sigmoid(s), weights)})
 
 
 # ------------------------------------------------------------------------------- model objectives
@@ -164,16 +175,17 @@ def make_loss_fn(kind: str, config: llama.LlamaConfig, *, beta: float | None = N
         def fn(params, batch, rng):
             lp = pair_logprobs(params["model"], batch, config)
             ref = batch["ref_logps"]
-            return pref(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=b)
+            return pref(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=b, weights=batch.get("valid"))
     else:
         def fn(params, batch, rng):
             tokens, mask = _flat_pairs(batch)
             r = heads.scalar_reward(params["model"], params["head"], tokens, mask, config)
             n = batch["tokens"].shape[0]
+            valid = batch.get("valid")
             if kind == "bt":
-                return bradley_terry(r[:n], r[n:])
+                return bradley_terry(r[:n], r[n:], weights=valid)
             labels = jnp.concatenate([batch["labels"][:, 0], batch["labels"][:, 1]], axis=0)
-            return pairrm(r, labels)
+            return pairrm(r, labels, weights=None if valid is None else jnp.concatenate([valid, valid]))
     return fn
 
 

@@ -1,6 +1,6 @@
 """Sampling from a Llama over a preallocated KV cache: one prefill, then a compiled decode loop.
 
-Why it is shaped this way (measured on a 2-core CPU, see NOTES.md and the README):
+Why it is shaped this way (measured on a 2-core CPU; figures in the README):
 - Layers are unrolled over per-layer params, each with its own cache arrays that `dynamic_update_slice`
   updates in place inside `lax.while_loop`; a stacked cache under `scan` is copied every step.
 - Activations are feature-major and weights [out, in] (`models/feature_major.py`): with 1 to 32 tokens per
@@ -15,10 +15,12 @@ Why it is shaped this way (measured on a 2-core CPU, see NOTES.md and the README
   index) and another prompt length inside the bucket reuses the compiled kernels.
 - Sorting the 49,152-token vocabulary every step is what makes naive top-p slow. The top-k / top-p
   threshold is found by bisection over float bit patterns instead (one fused reduction per step, no sort),
-  and the token by a two-level inverse CDF. Small batches first try the top `_NUCLEUS_K` logits (a
-  partial sort), which hold the whole kept set whenever the distribution is peaked.
-- Per-row PRNG keys come from (seed, prompt content, sample index), so a sample does not depend on which
-  other prompts share its batch.
+  and the token by a two-level inverse CDF.
+- Every row's token is a function of that row's logits and its own uniform alone: no batch-wide choice of
+  code path (an earlier top-k fast path for small batches, chosen by one `lax.cond` for the whole batch,
+  turned the same uniform into different tokens depending on the batch's other rows). Per-row PRNG keys
+  come from (seed, prompt content, sample index), so a sample does not depend on which other prompts share
+  its batch, nor on the batch size.
 """
 from __future__ import annotations
 
@@ -34,10 +36,6 @@ import numpy as np
 
 from genrm_jax.models import attention, feature_major, llama
 
-_NUCLEUS_K = 64  # top-k width of the fast path; the exact fallback takes over beyond it
-# SmolLM2 at temperature 1 has a median top-p(0.95) nucleus of hundreds of tokens, so in a batch of more
-# rows than this one almost always needs the fallback and the top-k pass would be wasted.
-_NUCLEUS_MAX_ROWS = 8
 _CDF_BLOCK = 256  # inverse-CDF search: block sums, then a cumsum inside the chosen block
 _THRESHOLD_ITERS = 16  # top-p bisection steps: each is a pass over the vocabulary
 
@@ -163,66 +161,24 @@ def _inverse_cdf(weights, u):
     return jnp.minimum(idx, last).astype(jnp.int32)
 
 
-def sample_tokens(logits, u, mode: _Mode, temperature, top_k, top_p, *, nucleus_k: int | None = _NUCLEUS_K):
+def sample_tokens(logits, u, mode: _Mode, temperature, top_k, top_p):
     """One token per row from [rows, V] logits and a uniform u [rows]: greedy, or temperature then top-k
     then top-p (Hugging Face's order). Returns (tokens [rows] int32, log-probs under the raw model [rows]).
 
-    `nucleus_k` is the width of the top-k fast path, None to go straight to the bisection.
+    Every operation is per row, so a row's token does not depend on the other rows of the batch.
     """
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     if mode.greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
-        scaled = logits / temperature
-        exact = functools.partial(_sample_truncated, scaled, u, mode, top_k, top_p)
-        if nucleus_k and (mode.top_k or mode.top_p):
-            tok = _sample_nucleus_or(scaled, u, mode, top_k, top_p, nucleus_k, fallback=exact)
-        else:
-            tok = exact()
+        probs = jax.nn.softmax(logits / temperature, axis=-1)
+        if mode.top_k or mode.top_p:
+            t = _exact_threshold(probs, top_k if mode.top_k else None, top_p if mode.top_p else None)
+            probs = jnp.where(probs >= jax.lax.bitcast_convert_type(t, jnp.float32)[:, None], probs, 0.0)
+        tok = _inverse_cdf(probs, u)
     logprob = jnp.take_along_axis(logits, tok[:, None], 1)[:, 0] - lse
     return tok, logprob
-
-
-def _sample_truncated(scaled, u, mode, top_k, top_p):
-    """Exact path: threshold by bisection over the whole vocabulary, then inverse CDF."""
-    probs = jax.nn.softmax(scaled, axis=-1)
-    if mode.top_k or mode.top_p:
-        t = _exact_threshold(probs, top_k if mode.top_k else None, top_p if mode.top_p else None)
-        probs = jnp.where(probs >= jax.lax.bitcast_convert_type(t, jnp.float32)[:, None], probs, 0.0)
-    return _inverse_cdf(probs, u)
-
-
-def _sample_nucleus_or(scaled, u, mode, top_k, top_p, nucleus_k, fallback):
-    """Fast path: when every row's kept set lies inside its top `nucleus_k` logits, sample from those;
-    otherwise run `fallback` (traced inside a cond, so it costs nothing when not taken)."""
-    rows, v = scaled.shape
-    kk = min(nucleus_k, v)
-    # The barrier keeps XLA from slicing the top-k output further, which turns it back into a full sort.
-    top_vals, top_idx = jax.lax.optimization_barrier(jax.lax.top_k(scaled, kk))  # sorted, largest first
-    top_w = jnp.exp(top_vals - top_vals[:, :1])  # unnormalised probabilities of the kk largest
-    keep = jnp.ones((rows, kk), bool)
-    if mode.top_k:
-        # ties with the k-th value are kept, as in Hugging Face's TopKLogitsWarper
-        kth = top_vals[:, jnp.clip(top_k - 1, 0, kk - 1)]
-        keep = top_vals >= kth[:, None]
-        mass = jnp.sum(jnp.where(keep, top_w, 0.0), axis=-1)
-    else:
-        mass = jnp.sum(jnp.exp(scaled - top_vals[:, :1]), axis=-1)
-    if mode.top_p:
-        # Hugging Face's TopPLogitsWarper keeps a token while the mass of the larger ones is below top_p
-        before = jnp.cumsum(jnp.where(keep, top_w, 0.0), axis=-1) - top_w
-        keep = keep & (before < top_p * mass[:, None])
-    # The kept set lies inside the top kk exactly when its last entry is dropped.
-    fits = ~keep[:, -1]
-    if mode.top_k:
-        fits = fits & (top_k < kk)  # else the top-p mass above was taken over too few tokens
-
-    def fast():
-        choice = _inverse_cdf(jnp.where(keep, top_w, 0.0), u)
-        return jnp.take_along_axis(top_idx, choice[:, None], 1)[:, 0]
-
-    return jax.lax.cond(jnp.all(fits), fast, fallback)
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -254,10 +210,8 @@ def _uniforms(keys, step):
 
 def _record(state: _State, logits, values: _Values, mode: _Mode, eos_ids, pad_id) -> _State:
     """Samples token `state.step` of every live row and writes it into the output buffers."""
-    rows = logits.shape[0]
     tok, logprob = sample_tokens(logits, _uniforms(state.keys, state.step), mode,
-                                 values.temperature, values.top_k, values.top_p,
-                                 nucleus_k=_NUCLEUS_K if rows <= _NUCLEUS_MAX_ROWS else None)
+                                 values.temperature, values.top_k, values.top_p)
     live = ~state.done
     t = state.step
     tokens = jax.lax.dynamic_update_index_in_dim(state.tokens, jnp.where(live, tok, pad_id), t, axis=1)
@@ -446,6 +400,16 @@ class Engine:
                                donate_argnames=("state",))
         self._score = jax.jit(functools.partial(_score, config=cfg, counter=self.compilations))
 
+    def set_params(self, params) -> None:
+        """Samples from new weights (e.g. after a training iteration) with the kernels already compiled: the
+        params are an argument of every jitted kernel, so only a change of shape or dtype would retrace."""
+        new = feature_major.prepare(params, self.config)
+        old_sig = jax.tree.map(lambda a: (a.shape, a.dtype), self.params)
+        new_sig = jax.tree.map(lambda a: (a.shape, a.dtype), new)
+        if old_sig != new_sig:
+            raise ValueError("set_params: the new params differ in structure, shape or dtype from the engine's")
+        self.params = new
+
     # -------------------------------------------------------------------------------- memory
 
     def cache_bytes(self, prompts: int, prompt_len: int, max_new_tokens: int, n: int = 1) -> int:
@@ -472,18 +436,26 @@ class Engine:
 
     # ------------------------------------------------------------------------------ sampling
 
-    def generate(self, prompts: list[list[int]], sp: SamplingParams, *, progress: bool = False
-                 ) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sp: SamplingParams, *, progress: bool = False,
+                 on_prompt=None) -> list[list[Completion]]:
         """result[i][j] is sample j of prompt i. Prompts are sorted by length and batched, whole prompts
         per batch, so that a prompt's samples share its prefill and its prompt cache (a prompt whose n exceeds
-        max_batch is prefilled once per batch)."""
+        max_batch is prefilled once per batch).
+
+        `on_prompt(i, completions)` is called as soon as all n samples of prompt i exist (after the batch
+        that finishes them), so a caller can write results while later batches still run.
+        """
         out: list[list[Completion | None]] = [[None] * sp.n for _ in prompts]
+        missing = [sp.n] * len(prompts)
         batches = self._plan(prompts, sp)
         bar = _progress(len(prompts) * sp.n, "sampling", "seq") if progress else None
         for batch in batches:
             done = self._generate_batch(prompts, batch, sp)
             for (i, j), completion in done:
                 out[i][j] = completion
+                missing[i] -= 1
+                if missing[i] == 0 and on_prompt is not None:
+                    on_prompt(i, out[i])
             if bar is not None:
                 bar.update(len(done))
         if bar is not None:

@@ -149,7 +149,11 @@ def make_train_step(loss_fn: Callable[[Any, dict, jax.Array], Loss], optimizer: 
 
 
 def _batch_tokens(batch) -> int:
-    return int(np.sum(batch["mask"])) if "mask" in batch else 0
+    """Tokens of the real rows (rows that only fill a batch to its shape have `valid` 0)."""
+    if "mask" not in batch:
+        return 0
+    per_row = np.asarray(batch["mask"]).reshape(len(batch["mask"]), -1).sum(axis=1)
+    return int(np.sum(per_row * batch.get("valid", 1)))
 
 
 def _device_batch(batch):

@@ -76,11 +76,11 @@ print(json.dumps({"before": before, "peak": peak, "after": rss(), "param_bytes":
 """
 
 
-def test_loading_peak_memory_is_below_twice_the_weights(smollm):
+def test_loading_peak_memory_is_below_one_and_a_half_times_the_weights(smollm):
     out = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, check=True,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     m = json.loads(out.stdout.strip().splitlines()[-1])
     extra = m["peak"] - m["before"]
     print(f"peak extra RSS {extra / 1e6:.0f} MB for {m['param_bytes'] / 1e6:.0f} MB of fp32 weights "
           f"({extra / m['param_bytes']:.2f}x)")
-    assert extra <= 2 * m["param_bytes"]
+    assert extra <= 1.5 * m["param_bytes"]  # the README's bound; measured 1.00x (2026-11-30)

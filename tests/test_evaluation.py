@@ -103,3 +103,33 @@ def test_dataset_report_and_files(tmp_path):
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
     with pytest.raises(ValueError, match="6 records, 5 probabilities"):
         ev.dataset_report(recs, p[:5], votes)
+
+
+def _strict_json(text):
+    """json.loads that refuses NaN and Infinity, as strict parsers (and other languages) do."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_report_of_one_example_is_strict_json(tmp_path):
+    recs = [{"subset": "mine", "category": "Other"}]
+    rep = ev.dataset_report(recs, np.array([1.0]), np.array([[[1, 1, 0]]], np.int8), ks=(1, 2))
+    assert rep["accuracy"] == 1.0 and rep["accuracy_ci95"] is None
+    assert rep["maj_at_k"]["2"] == {"accuracy": pytest.approx(2 / 3), "lo": None, "hi": None, "n": 1}  # no interval
+    assert ev.mean_ci(np.array([])) == {"accuracy": None, "lo": None, "hi": None, "n": 0}
+    rep["first_position_rate"] = float("nan")  # whatever a caller adds: never written as NaN
+    paths = ev.write_report(str(tmp_path), {"one": rep}, {"note": float("inf"), "k": np.int64(3)})
+    text = open(paths["json"]).read()
+    assert "NaN" not in text and "Infinity" not in text
+    data = _strict_json(text)
+    assert data["meta"] == {"note": None, "k": 3}
+    assert data["datasets"]["one"]["maj_at_k"]["2"]["lo"] is None
+    assert data["datasets"]["one"]["first_position_rate"] is None
+    md = open(paths["md"]).read()
+    assert "| 2 | 0.6667 | [n/a, n/a] |" in md and "nan" not in md.lower()
+
+
+def test_report_of_no_records_is_refused():
+    with pytest.raises(ValueError, match="no records to score"):
+        ev.dataset_report([], np.zeros(0), np.zeros((0, 1, 1), np.int8))

@@ -50,7 +50,7 @@ class FakeEngine:
 
 @pytest.fixture
 def model():
-    cfg = tiny_config()
+    cfg = tiny_config(max_position_embeddings=2048)  # room for the judge prompts (~1000 characters)
     return types.SimpleNamespace(config=cfg, params=llama.init(jax.random.PRNGKey(0), cfg), tokenizer=CharTokenizer(),
                                  path="tiny")
 
@@ -208,23 +208,28 @@ def test_embedded_model_judges(smollm):
     assert j.rationales[0][0] and j.votes.shape == (1, 1, 1)
 
 
-def test_experiment_config_and_datasets(tmp_path):
+def test_experiment_config_and_eval_sets(tmp_path):
     import json
 
-    from experiments import llm_judge
     from experiments.configs import llm_judge as cfg_mod
+    from genrm_jax.judge import benchmark
 
     c = cfg_mod.get_config()
     assert c.methods.split(",")[0] == "cot" and c.eval.limit is None
-    data = llm_judge.datasets(c)
+    data = benchmark.eval_sets(c.eval, c.seed)
     assert list(data) == ["rewardbench"] and len({r["subset"] for r in data["rewardbench"]}) == 23
-    assert len(llm_judge.datasets(cfg_mod.get_config("full"))["rewardbench"]) == 2985
-    hh = llm_judge.datasets(cfg_mod.get_config("hh"))["hh-rlhf"]
+    full = cfg_mod.get_config("full")
+    assert len(benchmark.eval_sets(full.eval, full.seed)["rewardbench"]) == 2985
+    hh_cfg = cfg_mod.get_config("hh")
+    hh = benchmark.eval_sets(hh_cfg.eval, hh_cfg.seed)["hh-rlhf"]
     assert {r["subset"] for r in hh} == {"harmless-base", "helpful-base", "helpful-online",
                                          "helpful-rejection-sampled"}
     p = tmp_path / "mine.jsonl"
     p.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(9)))
     c.eval.path, c.eval.limit = str(p), 4
-    assert [len(v) for v in llm_judge.datasets(c).values()] == [4] and list(llm_judge.datasets(c)) == ["mine"]
+    mine = benchmark.eval_sets(c.eval)
+    assert list(mine) == ["mine"] and len(mine["mine"]) == 4
+    # a plain dict works too (other experiments need not build a ConfigDict)
+    assert len(benchmark.eval_sets({"path": str(p), "format": "jsonl"})["mine"]) == 9
     with pytest.raises(ValueError, match="unknown preset"):
         cfg_mod.get_config("nope")

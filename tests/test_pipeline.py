@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from chartok import CharTokenizer
 
-from genrm_jax.data import pipeline
+from genrm_jax.data import pipeline, sources
 from genrm_jax.data.pipeline import DataError, Pipeline
 
 TOK = CharTokenizer()
@@ -142,3 +142,25 @@ def test_real_chat_template_masks_only_the_verdict(smollm):
     assert text.endswith("<|im_start|>assistant\nB<|im_end|>"), text[-80:]
     assert tok.decode(tokens[mask == 1].tolist()) == "B"  # Eq. 7: the verdict token only
     assert tokens[-1] == tok.eos_token_id
+
+
+def test_answers_follow_the_rule_sources_apply():
+    """One rule for training and evaluation (sources.answer_problem): empty or whitespace answers and identical
+    answers are skipped, counted by the field they concern."""
+    records = [_pair("q1", "good", "bad"), _pair("q2", " \n", "bad"), _pair("q3", "good", ""),
+               _pair("q4", "same", "same "), _pair("q5", "fine", "worse")]
+    pipe = Pipeline(records, "dpo", TOK, max_len=40, buckets=(40,), batch_size=1, progress=False)
+    assert pipe.stats.skipped == {"empty_chosen": 1, "empty_rejected": 1, "identical_answers": 1}
+    assert pipe.stats.examples == 2
+    for rec in records:
+        reason = sources.answer_problem({"chosen": rec["chosen"], "rejected": rec["rejected"]})
+        stats = pipeline.Stats()
+        ex = pipeline.encode_record(rec, "ipo", TOK, max_len=40, stats=stats)
+        assert (ex is None) == (reason is not None) and list(stats.skipped) == ([reason[0]] if reason else [])
+
+
+def test_read_jsonl_locates_a_byte_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(_sft("a", "A")).encode() + b"\n" + b'{"messages": [], "target": "\xe9"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not valid UTF-8 \(byte 0xe9 at column 29\)"):
+        pipeline.read_jsonl(str(path))

@@ -87,11 +87,9 @@ def intended(logits, temperature, top_k, top_p):
     return q / q.sum()
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p,nucleus_k", [
-    # nucleus_k None: bisection only; 64: the top-k fast path; 8: a fast path too narrow, so it falls back
-    (1.0, 0, 1.0, None), (0.7, 0, 0.8, None), (1.0, 10, 1.0, None), (1.3, 20, 0.9, None), (1.0, 0, 0.5, None),
-    (0.7, 0, 0.8, 64), (1.0, 10, 1.0, 64), (1.3, 20, 0.9, 8)])
-def test_sampler_matches_truncated_distribution(temperature, top_k, top_p, nucleus_k):
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 1.0), (0.7, 0, 0.8), (1.0, 10, 1.0), (1.3, 20, 0.9), (1.0, 0, 0.5)])
+def test_sampler_matches_truncated_distribution(temperature, top_k, top_p):
     # 100,000 draws keep the sampling noise of the TV distance near 0.01 for this vocabulary
     draws, vocab = 100_000, 128
     logits = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (vocab,))) * 3.0
@@ -99,7 +97,7 @@ def test_sampler_matches_truncated_distribution(temperature, top_k, top_p, nucle
     mode = sampling._Mode(greedy=False, top_k=top_k > 0, top_p=top_p < 1.0)
     u = jax.random.uniform(jax.random.PRNGKey(1), (draws,))
     tok, logprob = jax.jit(lambda l, u: sampling.sample_tokens(
-        l, u, mode, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), nucleus_k=nucleus_k))(
+        l, u, mode, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)))(
         jnp.broadcast_to(jnp.asarray(logits), (draws, vocab)), u)
     got = np.bincount(np.asarray(tok), minlength=vocab) / draws
     assert got[want == 0].sum() == 0, "drew a token outside the truncated set"
@@ -121,6 +119,44 @@ def test_same_bucket_does_not_recompile(tiny_model):
     assert dict(eng.compilations) == before
     eng.generate([[1] * 40], sp)  # a longer bucket does compile
     assert eng.compilations["prefill"] == 2
+
+
+def samples_alone_and_in_batches(eng, prompts, sp, sizes):
+    """Token ids of prompts[0]'s samples when sampled alone and inside batches of the given sizes."""
+    alone = [c.token_ids for c in eng.generate(prompts[:1], sp)[0]]
+    return alone, {size: [c.token_ids for c in eng.generate(prompts[:size], sp)[0]] for size in sizes}
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (0, 0.95), (50, 1.0), (50, 0.95)])
+def test_samples_do_not_depend_on_the_batch(tiny_model, top_k, top_p):
+    # 12 prompts x 2 samples = 24 rows: past every small-batch special case a sampler might have
+    prompts = [PROMPTS[2]] + [[1] + [(7 * i + j) % 120 + 3 for j in range(3 + i)] for i in range(11)]
+    eng = sampling.Engine(tiny_model, max_batch=32)
+    sp = sampling.SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, max_new_tokens=16, n=2,
+                                 ignore_eos=True, seed=11)
+    alone, batched = samples_alone_and_in_batches(eng, prompts, sp, (2, 4, 6, 12))
+    assert all(b == alone for b in batched.values()), (alone, batched)
+
+
+def test_set_params_swaps_weights_without_recompiling(tiny_model):
+    eng = sampling.Engine(tiny_model, max_batch=4)
+    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True)
+    before = eng.generate(PROMPTS, sp)
+    eng.score_next_token(PROMPTS, [3, 4])
+    traces = dict(eng.compilations)
+    other = llama.init(jax.random.PRNGKey(1), tiny_model.config)
+    eng.set_params(other)
+    after = eng.generate(PROMPTS, sp)
+    got = eng.score_next_token(PROMPTS, [3, 4])
+    assert dict(eng.compilations) == traces  # new weights, the same compiled kernels
+    assert [c.token_ids for cs in after for c in cs] != [c.token_ids for cs in before for c in cs]
+    for prompt, (c,), row in zip(PROMPTS, after, got):  # and the new weights are really the ones used
+        ids = list(prompt) + c.token_ids
+        ref = np.asarray(jax.nn.log_softmax(llama.forward(other, jnp.asarray([ids]), tiny_model.config).logits, -1))[0]
+        np.testing.assert_allclose(c.logprobs, ref[np.arange(len(prompt) - 1, len(ids) - 1), c.token_ids], atol=1e-4)
+        np.testing.assert_allclose(row, ref[len(prompt) - 1, [3, 4]], atol=1e-5)
+    with pytest.raises(ValueError, match="set_params"):
+        eng.set_params(llama.init(jax.random.PRNGKey(1), tiny_config(num_layers=1)))
 
 
 def test_seeds_reproducible_and_independent_of_batch(engine):
@@ -191,23 +227,98 @@ def test_bad_input_is_rejected(engine):
         engine.generate([[1] * 250], sampling.SamplingParams(max_new_tokens=10))
 
 
+def assert_same_samples(path_a, path_b):
+    """Two runner outputs hold the same ids and tokens; log-probs equal up to float rounding (a prompt's
+    batch-mates change the padded shapes its logits are computed in)."""
+    read = lambda p: {d["id"]: d["completions"] for d in map(json.loads, open(p))}  # noqa: E731
+    a, b = read(path_a), read(path_b)
+    assert sorted(a) == sorted(b)
+    for rid in a:
+        assert [(c["token_ids"], c["text"], c["finish_reason"]) for c in a[rid]] == \
+               [(c["token_ids"], c["text"], c["finish_reason"]) for c in b[rid]], rid
+        for ca, cb in zip(a[rid], b[rid]):
+            np.testing.assert_allclose(ca["logprobs"], cb["logprobs"], atol=1e-4)
+
+
 def test_runner_resumes_without_redoing(engine, tmp_path):
     records = [{"id": f"p{i}", "prompt_ids": p} for i, p in enumerate(PROMPTS + [[1, 2, 3, 4]])]
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=6, n=2, seed=5)
     fresh = tmp_path / "fresh.jsonl"
-    assert generate.run(engine, records, sp, str(fresh), rows_per_batch=4, progress=False) == 4
+    assert generate.run(engine, records, sp, str(fresh), progress=False) == 4
     out = tmp_path / "out.jsonl"
-    generate.run(engine, records[:2], sp, str(out), rows_per_batch=4, progress=False)
+    generate.run(engine, records[:2], sp, str(out), progress=False)
     with open(out, "a") as f:
         f.write('{"id": "p3", "compl')  # a line cut short by a killed job
     before = engine.stats["rows"]
-    assert generate.run(engine, records, sp, str(out), rows_per_batch=4, progress=False) == 2
+    assert generate.run(engine, records, sp, str(out), progress=False) == 2
     assert engine.stats["rows"] - before == 4  # only the two missing prompts were sampled
-    by_id = lambda p: {d["id"]: d for d in map(json.loads, open(p))}
-    assert by_id(out) == by_id(fresh)
-    assert all(len(d["completions"]) == 2 for d in by_id(out).values())
+    assert_same_samples(out, fresh)
+    assert all(len(d["completions"]) == 2 for d in map(json.loads, open(out)))
     with pytest.raises(generate.InputError, match="<records>:2: field 'id'"):
         generate.run(engine, [records[0], {"prompt_ids": [1]}], sp, str(out), progress=False)
+
+
+def test_each_prompt_is_reported_when_its_batch_ends(tiny_model):
+    eng = sampling.Engine(tiny_model, max_batch=4)  # n=2: two prompts per batch
+    calls = []
+    out = eng.generate(PROMPTS + [[1, 2, 3, 4]], sampling.SamplingParams(max_new_tokens=4, n=2),
+                       on_prompt=lambda i, cs: calls.append((i, eng.stats["rows"], cs)))
+    assert sorted(i for i, _, _ in calls) == [0, 1, 2, 3]
+    assert sorted(rows for _, rows, _ in calls) == [4, 4, 8, 8]  # reported after the 1st batch, not the last
+    assert all(cs == out[i] for i, _, cs in calls)
+
+
+def tiny_cli_model(tmp_path_factory):
+    from tinyhf import make_model_dir
+
+    return make_model_dir(str(tmp_path_factory.mktemp("tinyhf") / "m"))
+
+
+def run_generate_cli(model_dir, inp, out, *extra):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "genrm_jax.generate", "--model", model_dir, "--input", str(inp), "--output",
+           str(out), "--n", "2", "--top-p", "0.95", "--max-new-tokens", "24", "--max-batch", "4", "--seed", "3",
+           *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_generate_cli_killed_and_resumed_equals_uninterrupted(tmp_path_factory, tmp_path):
+    import signal
+    import time
+
+    model_dir = tiny_cli_model(tmp_path_factory)
+    inp = tmp_path / "prompts.jsonl"
+    with open(inp, "w") as f:
+        for i in range(24):
+            f.write(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": f"question {i} " * (1 + i % 5)}]})
+                    + "\n")
+    whole = tmp_path / "whole.jsonl"
+    p = run_generate_cli(model_dir, inp, whole)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    killed = tmp_path / "killed.jsonl"
+    p = run_generate_cli(model_dir, inp, killed)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:  # kill -9 once the first batch is on disk
+        if killed.exists() and killed.stat().st_size > 0:
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    p.wait(timeout=60)
+    written = sum(1 for _ in open(killed))
+    assert p.returncode == -signal.SIGKILL and 0 < written < 24, (p.returncode, written)
+    p = run_generate_cli(model_dir, inp, killed)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert_same_samples(killed, whole)
+    assert sum(1 for _ in open(whole)) == 24
+    # bad input names the file and line, exit 2, no traceback
+    with open(inp, "a") as f:
+        f.write(json.dumps({"id": "long", "prompt_ids": [5] * 3000}) + "\n")
+    p = run_generate_cli(model_dir, inp, tmp_path / "x.jsonl")
+    assert p.wait(timeout=300) == 2
+    err = p.stderr.read()
+    assert f"{inp}:25: prompt of 3000 tokens" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -229,3 +340,22 @@ def test_greedy_matches_transformers(smollm):
             ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                               do_sample=False, max_new_tokens=64, pad_token_id=smollm.tokenizer.pad_token_id)
         assert c.token_ids == ref[0, len(prompt):].tolist()
+
+
+@pytest.mark.slow
+def test_embedded_model_samples_do_not_depend_on_the_batch(smollm):
+    """The STaR settings (T 1.0, top-p 0.95) and the other paths, alone vs inside batches up to 24 rows."""
+    from genrm_jax.tokenizer import chat_ids
+
+    questions = ["Which answer is better, A or B? Explain.", "Name a prime number.", "What is 7 times 8?",
+                 "Write one sentence about rain.", "Is water wet?", "Give me a synonym of quick.",
+                 "What colour is the sky?", "Count to five.", "Translate 'cat' into French.",
+                 "What is the capital of Italy?", "Say hello.", "Why do leaves fall?"]
+    prompts = [chat_ids(smollm.tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    eng = sampling.Engine(smollm, max_batch=32)
+    for top_k, top_p in [(0, 0.95), (0, 1.0), (50, 0.95)]:
+        sp = sampling.SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, max_new_tokens=12, n=2,
+                                     ignore_eos=True, seed=0)
+        alone, batched = samples_alone_and_in_batches(eng, prompts, sp, (4, 6, 12))
+        for size, got in batched.items():
+            assert got == alone, f"top_k={top_k} top_p={top_p}: batch of {size} prompts differs from alone"

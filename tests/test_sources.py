@@ -46,11 +46,14 @@ def test_hh_rlhf_all_rows_read_and_split():
             assert r["subset"] == split and r["chosen"] != r["rejected"]
     assert total == 8552
     # Every row shares a prefix that ends before an Assistant turn; the skipped ones are exact duplicates.
+    # A few answers are empty: skipped by the rule every format shares.
     no_prefix = [s for s in skipped if "share no prefix" in s.reason]
     identical = [s for s in skipped if "identical" in s.reason]
+    empty = [s for s in skipped if "is empty" in s.reason]
     print(f"\nHH-RLHF: {total} rows; {len(no_prefix)} without a shared prefix; {len(identical)} identical answers at "
-          + ", ".join(s.source.split("hh-rlhf/")[1] for s in identical))
-    assert len(no_prefix) == 0 and len(identical) == 36 == len(skipped)
+          + ", ".join(s.source.split("hh-rlhf/")[1] for s in identical) + f"; {len(empty)} empty answers")
+    assert len(no_prefix) == 0 and len(identical) == 36 and len(empty) == 11
+    assert len(identical) + len(empty) == len(skipped)
     assert all(s.source.rsplit(":", 1)[1].isdigit() for s in skipped)
 
 
@@ -189,3 +192,97 @@ def test_splits_deterministic_and_balanced():
     assert (splits.a_is_chosen(recs, seed=0) == a).all() and not (splits.a_is_chosen(recs, seed=1) == a).all()
     sample = splits.stratified_sample(recs, 5, seed=0)
     assert len(sample) == 23 * 5 and sample == splits.stratified_sample(recs, 5, seed=0)
+
+
+# ------------------------------------------------------------------------------------ empty files, bad bytes
+
+
+def test_a_file_without_records_is_an_error_naming_it(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(sources.DataError, match=rf"{empty}: no records \(the file holds no rows\)"):
+        sources.load("jsonl", str(empty))
+    blank = _write(tmp_path, ["", "  "], "blank.jsonl")
+    with pytest.raises(sources.DataError, match=r"blank.jsonl: no records"):
+        sources.read("jsonl", blank)
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(sources.DataError, match=r"empty.json: no records"):
+        sources.load("ultrainteract", str(tmp_path / "empty.json"))
+    skipped = _write(tmp_path, [{"prompt": "q", "chosen": "", "rejected": "b"},
+                                {"prompt": "q", "chosen": "a", "rejected": "a"}], "skipped.jsonl")
+    with pytest.raises(sources.DataError, match=r"skipped.jsonl: no records: all 2 rows skipped \(field 'chosen' is "
+                                                r"empty or only whitespace \(lines 1\); fields 'chosen' and "
+                                                r"'rejected' are identical \(lines 2\)\)"):
+        sources.load("jsonl", skipped)
+    assert sources.load("jsonl", str(empty), limit=0) == []  # asked for none
+
+
+def _pair_row(fmt, chosen, rejected):
+    if fmt == "jsonl":
+        return {"prompt": "q", "chosen": chosen, "rejected": rejected}
+    if fmt == "rewardbench":
+        return {"id": 1, "prompt": "q", "chosen": chosen, "rejected": rejected, "subset": "s"}
+    if fmt == "ultrafeedback":
+        return {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": rejected}]}
+    if fmt == "ultrainteract":
+        return {"trajectory": [{"from": "user", "value": "q"}], "chosen": chosen, "rejected": rejected}
+    return {"chosen": "\n\nHuman: q\n\nAssistant: " + chosen, "rejected": "\n\nHuman: q\n\nAssistant: " + rejected}
+
+
+@pytest.mark.parametrize("fmt", sources.FORMATS)
+def test_empty_and_identical_answers_are_skipped_alike_in_every_format(tmp_path, fmt, caplog):
+    rows = [_pair_row(fmt, "yes", "no"), _pair_row(fmt, "", "no"), _pair_row(fmt, "yes", " \n "),
+            _pair_row(fmt, "same", "same"), _pair_row(fmt, "fine", "also fine")]
+    d = tmp_path / "helpful-base"
+    d.mkdir()
+    p = _write(d, rows)
+    out = sources.read(fmt, p)
+    assert [r["source"] for r in out.records] == [f"{p}:1", f"{p}:5"] and out.rows == 5
+    assert [(s.source, s.reason) for s in out.skipped] == [
+        (f"{p}:2", "field 'chosen' is empty or only whitespace"),
+        (f"{p}:3", "field 'rejected' is empty or only whitespace"),
+        (f"{p}:4", "fields 'chosen' and 'rejected' are identical")]
+    with caplog.at_level("WARNING"):
+        assert len(sources.load(fmt, p)) == 2
+    assert ("skipped 3 of 5 rows: field 'chosen' is empty or only whitespace (lines 2); field 'rejected' is empty "
+            "or only whitespace (lines 3); fields 'chosen' and 'rejected' are identical (lines 4)") in caplog.text
+
+
+def test_answer_rule():
+    assert sources.answer_problem({"chosen": "a", "rejected": "b"}) is None
+    assert sources.answer_problem({"chosen": "\t", "rejected": "b"}) == (
+        "empty_chosen", "field 'chosen' is empty or only whitespace")
+    assert sources.answer_problem({"chosen": "a", "rejected": ""})[0] == "empty_rejected"
+    assert sources.answer_problem({"chosen": "a ", "rejected": "\na"})[0] == "identical_answers"
+    assert sources.answer_problem({"target": "A"}) is None
+    assert sources.answer_problem({"target": ""})[0] == "empty_target"
+
+
+def _bytes_file(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(p, "wb") as f:
+            f.write(data)
+    else:
+        p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz"])
+def test_non_utf8_byte_is_located(tmp_path, name):
+    good = json.dumps({"prompt": "q", "chosen": "caf\u00e9", "rejected": "b"}, ensure_ascii=False).encode()
+    bad = b'{"prompt": "q", "chosen": "caf\xe9", "rejected": "b"}'  # latin-1
+    p = _bytes_file(tmp_path, name, good + b"\n" + bad + b"\n")
+    with pytest.raises(sources.DataError, match=rf"{name}:2: not valid UTF-8 \(byte 0xe9 at column 31\)"):
+        sources.load("jsonl", p)
+    with pytest.raises(sources.DataError, match=rf"{name}:2: not valid UTF-8"):
+        list(sources.iter_rows(p))
+
+
+def test_non_utf8_byte_in_json_array_is_located(tmp_path):
+    data = (b'[{"prompt": "q", "chosen": "\xc3\xa9", "rejected": "b"},\n'
+            b' {"prompt": "\xff", "chosen": "a", "rejected": "b"}]')
+    p = _bytes_file(tmp_path, "bad.json", data)
+    with pytest.raises(sources.DataError, match=r"bad.json:2: not valid UTF-8 \(byte 0xff at column 14\)"):
+        sources.load("jsonl", p)

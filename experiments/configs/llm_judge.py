@@ -11,6 +11,12 @@ Presets:
 
 Any preset takes a file in the generic JSONL format instead of the bundled data:
   python -m experiments.llm_judge --workdir DIR --config.eval.path=FILE.jsonl --config.eval.limit=N
+
+Methods are the zero-shot ones, "cot" and "genrm": a base model judges by its words or its verdict-token
+probabilities. "bt" and "pairrm" score with a trained scalar reward head, which a zero-shot run does not have,
+so they are rejected before the model loads (a Bradley-Terry experiment will train and evaluate them).
+Prompts longer than the model's context lose conversation turns from the left; pairs whose answers alone
+(after `judge.max_answer_tokens`) do not fit are skipped, counted and listed in the report.
 """
 import ml_collections
 
@@ -21,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.preset = preset
     c.model = "smollm2-135m-instruct"  # registered name, GGUF file or Hugging Face directory
     c.seed = 0
-    c.methods = "cot,genrm"  # comma-separated api.METHODS judged in turn; each is reported as DATASET/METHOD
+    c.methods = "cot,genrm"  # comma-separated: cot and/or genrm, judged in turn; reported as DATASET/METHOD
 
     c.judge = ml_collections.ConfigDict(dict(
         method="cot", prompt="judge", k=1, temperature=0.0, top_p=1.0, max_new_tokens=96, position="fixed",

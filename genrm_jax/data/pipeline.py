@@ -8,10 +8,12 @@ Record kinds (see losses.KINDS):
               assistant turn; the reward head reads the final EOS.
   pairrm      same record as bt: one sequence with both answers, presented in both orders (labels 1, 0).
 
-Too-long examples lose tokens from the left of the conversation prefix only, never from an answer, the target
-or the verdict; when an answer cannot fit even with a one-token prefix the example is skipped. Both are
-counted in `Pipeline.stats`. The batch order is a pure function of (seed, epoch), laid out as a grain
-MapDataset over the whole run, so the iterator's state is a single index that checkpoints exactly.
+Records whose answers break the rule of `sources.answer_problem` (an empty or whitespace answer, or two
+identical answers) are skipped as "empty_<field>" / "identical_answers". Too-long examples lose tokens from the
+left of the conversation prefix only, never from an answer, the target or the verdict; when an answer cannot fit
+even with a one-token prefix the example is skipped. Both are counted in `Pipeline.stats`. The batch order is a
+pure function of (seed, epoch), laid out as a grain MapDataset over the whole run, so the iterator's state is a
+single index that checkpoints exactly.
 """
 from __future__ import annotations
 
@@ -147,10 +149,12 @@ def encode_record(rec: dict, kind: str, tokenizer, max_len: int, *, train_eos: b
     eos = tokenizer.eos_token_id
     conv = rec[REQUIRED_FIELDS[kind][0]]
     answers = [rec["target"]] if kind == "sft" else [rec["chosen"], rec["rejected"]]
-    for field, a in zip(REQUIRED_FIELDS[kind][1:], answers):
-        if not a.strip():
-            stats.skip(where, f"empty_{field}")
-            return None
+    # The rule sources applies when reading pairs (a guard for records made some other way): an empty or
+    # whitespace answer, or two identical answers, teaches nothing.
+    problem = sources.answer_problem(dict(zip(REQUIRED_FIELDS[kind][1:], answers)))
+    if problem:
+        stats.skip(where, problem[0])
+        return None
     if kind == "pairrm":
         texts = [PAIRRM_TEMPLATE.format(a=rec["chosen"], b=rec["rejected"]),
                  PAIRRM_TEMPLATE.format(a=rec["rejected"], b=rec["chosen"])]
@@ -177,7 +181,8 @@ def encode_record(rec: dict, kind: str, tokenizer, max_len: int, *, train_eos: b
 
 def encode_records(records: Iterable[dict], kind: str, tokenizer, max_len: int, *, train_eos: bool = False,
                    progress: bool = True):
-    """All records -> (examples, Stats). Missing fields raise; empty answers and misfits are skipped and counted."""
+    """All records -> (examples, Stats). Missing fields raise; empty or identical answers and misfits are skipped
+    and counted."""
     from tqdm.auto import tqdm
 
     stats = Stats()
@@ -214,8 +219,16 @@ def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(examples: Sequence[dict], length: int, pad_id: int) -> dict:
-    """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples)."""
+def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int | None = None) -> dict:
+    """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples).
+
+    With `batch_size` larger than len(examples), the batch is filled to that size with copies of its first
+    example that count for nothing: `valid` [B] is 0 for them (pair losses weight by it) and their loss mask
+    is 0 (SFT weights by target tokens). Every batch of a run then has one shape per length bucket.
+    """
+    real = len(examples)
+    if batch_size is not None and batch_size > real:
+        examples = list(examples) + [examples[0]] * (batch_size - real)
     n_seq = len(examples[0]["tokens"])
     shape = (len(examples), n_seq, length)
     tokens = np.full(shape, pad_id, np.int32)
@@ -226,9 +239,11 @@ def collate(examples: Sequence[dict], length: int, pad_id: int) -> dict:
             tokens[i, j, :len(t)] = t
             mask[i, j, :len(t)] = 1
             loss_mask[i, j, :len(t)] = m
-    out = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
+    loss_mask[real:] = 0
+    out = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
+           "valid": (np.arange(len(examples)) < real).astype(np.float32)}
     if n_seq == 1:
-        out = {k: v[:, 0] for k, v in out.items()}
+        out = {k: (v[:, 0] if k != "valid" else v) for k, v in out.items()}
     if "labels" in examples[0]:
         out["labels"] = np.stack([ex["labels"] for ex in examples])
     if "ref_logps" in examples[0]:
@@ -237,12 +252,12 @@ def collate(examples: Sequence[dict], length: int, pad_id: int) -> dict:
 
 
 class _Collate(grain.transforms.Map):
-    def __init__(self, examples, pad_id):
-        self._examples, self._pad_id = examples, pad_id
+    def __init__(self, examples, pad_id, batch_size):
+        self._examples, self._pad_id, self._batch_size = examples, pad_id, batch_size
 
     def map(self, entry):
         length, idx = entry
-        return collate([self._examples[i] for i in idx], length, self._pad_id)
+        return collate([self._examples[i] for i in idx], length, self._pad_id, self._batch_size)
 
 
 class Pipeline:
@@ -272,7 +287,7 @@ class Pipeline:
         if not self.plan:
             raise DataError(f"{len(self.examples)} {kind} examples make no full batch of {batch_size} "
                             f"in any length bucket {self.buckets}")
-        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id))
+        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id, batch_size))
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -286,11 +301,9 @@ class Pipeline:
         bs = batch_size or self.batch_size
         for start in range(0, len(self.examples), bs):
             chunk = self.examples[start:start + bs]
-            n = len(chunk)
-            chunk = chunk + [chunk[0]] * (bs - n)
-            length = int(self.bucket_of[start:start + n].max())
-            batch = collate(chunk, length, self.pad_id)
-            batch["n_valid"] = n
+            length = int(self.bucket_of[start:start + len(chunk)].max())
+            batch = collate(chunk, length, self.pad_id, bs)
+            batch["n_valid"] = len(chunk)
             yield batch
 
     def attach_reference(self, ref_logps: np.ndarray):

@@ -15,10 +15,16 @@ Formats (`fmt`):
 - "jsonl": the generic format: `prompt` (a string, or a list of `{role, content}`), `chosen`, `rejected`,
   optional `subset`, `category`, `id`.
 
-Files may be `.jsonl`, `.jsonl.gz`, a `.json` array, or `.parquet` (rows numbered from 1 like lines).
-Malformed input raises `DataError` naming file, line and field. HH-RLHF rows that cannot become a pair (no
-shared prefix, or identical answers) are a property of the public data, not a malformed file: they are skipped,
-counted and reported by line (see `read`).
+Files may be `.jsonl`, `.jsonl.gz`, a `.json` array, or `.parquet` (rows numbered from 1 like lines), in UTF-8.
+Malformed input (bad JSON, a byte that is not UTF-8, a missing or mistyped field) raises `DataError` naming file,
+line and field, and so does a file that yields no records at all.
+
+Rows that are well-formed but cannot be judged or trained on are a property of the public data, not a malformed
+file: they are skipped, counted and reported by line (see `read`). One rule, `answer_problem`, holds for every
+format and every consumer (evaluation here, training in `pipeline.encode_record`): a pair whose chosen or
+rejected answer is empty or whitespace, or whose two answers are identical (ignoring surrounding whitespace), is
+skipped with a reason naming the field. HH-RLHF rows are also skipped when the two transcripts share no prefix
+that ends before an Assistant turn.
 """
 from __future__ import annotations
 
@@ -70,15 +76,15 @@ def load(fmt: str, path: str, *, limit: int | None = None) -> list[dict]:
     """Records of a preference file in `fmt`; at most `limit` of them. Skipped rows are logged by line."""
     out = read(fmt, path, limit=limit)
     if out.skipped:
-        where = ", ".join(s.source.rsplit(":", 1)[1] for s in out.skipped[:20])
-        more = f" and {len(out.skipped) - 20} more" if len(out.skipped) > 20 else ""
-        log.warning("%s: skipped %d of %d rows (lines %s%s): %s", path, len(out.skipped), out.rows, where, more,
-                    out.skipped[0].reason)
+        log.warning("%s: skipped %d of %d rows: %s", path, len(out.skipped), out.rows, skipped_summary(out.skipped))
     return out.records
 
 
 def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
-    """Like `load`, but also returns the skipped rows and the number of rows read."""
+    """Like `load`, but also returns the skipped rows and the number of rows read.
+
+    A file that yields no record (no rows, or every row skipped) is a DataError, unless `limit` is 0.
+    """
     if fmt not in _ADAPTERS:
         raise DataError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if limit is not None and limit < 0:
@@ -92,10 +98,48 @@ def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         try:
-            records.append(adapter(row, where, path))
+            rec = adapter(row, where, path)
         except _Skip as s:
             skipped.append(Skipped(where, str(s)))
+            continue
+        problem = answer_problem({"chosen": rec["chosen"], "rejected": rec["rejected"]})
+        if problem:
+            skipped.append(Skipped(where, problem[1]))
+            continue
+        records.append(rec)
+    if not records and limit != 0:
+        if not rows:
+            raise DataError(f"{path}: no records (the file holds no rows)")
+        raise DataError(f"{path}: no records: all {rows} rows skipped ({skipped_summary(skipped)})")
     return Loaded(records, skipped, rows)
+
+
+def skipped_summary(skipped: list[Skipped], max_lines: int = 20) -> str:
+    """"<reason> (lines 2, 5)" per reason, in first-seen order; at most `max_lines` line numbers each."""
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        by_reason.setdefault(s.reason, []).append(s.source.rsplit(":", 1)[1])
+    parts = []
+    for reason, lines in by_reason.items():
+        more = f" and {len(lines) - max_lines} more" if len(lines) > max_lines else ""
+        parts.append(f"{reason} (lines {', '.join(lines[:max_lines])}{more})")
+    return "; ".join(parts)
+
+
+def answer_problem(answers: dict[str, str]) -> tuple[str, str] | None:
+    """Why a record's answers cannot be judged or trained on, as (code, message), or None when they can.
+
+    The one rule every consumer applies (sources for evaluation, `pipeline.encode_record` for training):
+    ("empty_<field>", "field '<field>' is empty or only whitespace") when an answer is, and
+    ("identical_answers", "fields 'chosen' and 'rejected' are identical") when two answers are the same text,
+    ignoring surrounding whitespace. `answers`: {field name: text}, e.g. {"chosen": ..., "rejected": ...}.
+    """
+    for field, text in answers.items():
+        if not text.strip():
+            return f"empty_{field}", f"field {field!r} is empty or only whitespace"
+    if len(answers) > 1 and len({text.strip() for text in answers.values()}) == 1:
+        return "identical_answers", f"fields {' and '.join(repr(f) for f in answers)} are identical"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- file rows
@@ -109,11 +153,14 @@ def iter_rows(path: str) -> Iterator[tuple[str, object]]:
         yield from _parquet_rows(path)
         return
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    # surrogateescape keeps a bad byte as one lone surrogate, so that it can be reported with its line and column
+    # (strict UTF-8 text never holds one).
+    with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
         if path.endswith(".json") or path.endswith(".json.gz"):
             yield from _json_array_rows(path, f)
             return
         for lineno, line in enumerate(f, 1):
+            _check_utf8(line, path, lineno)
             if not line.strip():
                 continue  # a trailing blank line is common and harmless
             try:
@@ -123,9 +170,23 @@ def iter_rows(path: str) -> Iterator[tuple[str, object]]:
             yield f"{path}:{lineno}", row
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # how errors="surrogateescape" decodes a byte that is not UTF-8
+
+
+def _check_utf8(text: str, path: str, first_line: int = 1) -> None:
+    bad = _NOT_UTF8.search(text)
+    if bad is None:
+        return
+    line = first_line + text.count("\n", 0, bad.start())
+    column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+    raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xdc00:02x} at column {column})")
+
+
 def _json_array_rows(path, f):
+    text = f.read()
+    _check_utf8(text, path)
     try:
-        data = json.load(f)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(data, list):
@@ -251,8 +312,9 @@ def hh_split(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
     if cut < 0:
         raise ValueError("the transcripts share no prefix that ends before an Assistant turn")
     a, b = chosen[cut + len(_HH_ANSWER):].strip(), rejected[cut + len(_HH_ANSWER):].strip()
-    if a == b:
-        raise ValueError("chosen and rejected answers are identical")
+    problem = answer_problem({"chosen": a, "rejected": b})
+    if problem:
+        raise ValueError(problem[1])
     prompt = hh_turns(chosen[:cut])
     if not prompt or prompt[-1]["role"] != "user":
         raise ValueError("the shared prefix does not end with a Human turn")

@@ -204,9 +204,34 @@ def _leaf_keys(tree, prefix=""):
     return keys
 
 
+def process_umask() -> int:
+    """The process umask (reading it means setting it: os.umask has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str) -> None:
+    """Gives `path`, and everything under it when a directory, the modes a plain mkdir / open would under the
+    process umask (0755 / 0644 under the usual 022): tempfile.mkdtemp makes 0700 directories and safetensors
+    writes 0600 files, which a second user of a shared directory cannot read."""
+    mask = process_umask()
+    dir_mode, file_mode = 0o777 & ~mask, 0o666 & ~mask
+    if not os.path.isdir(path):
+        os.chmod(path, file_mode)
+        return
+    os.chmod(path, dir_mode)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):  # chmod would follow it out of the tree
+                os.chmod(p, dir_mode if name in dirs else file_mode)
+
+
 def save_hf(params: llama.Params, config: llama.LlamaConfig, out_dir: str, *, tokenizer_dir: str | None = None,
             dtype: str | None = None, max_shard_bytes: int = 4 << 30) -> None:
-    """Writes a directory that `transformers` loads as LlamaForCausalLM (weights, config, tokenizer)."""
+    """Writes a directory that `transformers` loads as LlamaForCausalLM (weights, config, tokenizer). Files get the
+    modes of the process umask, like any other file the user writes (see `apply_umask`)."""
     from safetensors.numpy import save_file
 
     os.makedirs(out_dir, exist_ok=True)
@@ -236,6 +261,7 @@ def save_hf(params: llama.Params, config: llama.LlamaConfig, out_dir: str, *, to
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        apply_umask(os.path.join(out_dir, fname))  # safetensors writes 0600
         for name, w in shard.items():
             weight_map[name] = fname
             total += w.nbytes
@@ -251,4 +277,4 @@ def save_hf(params: llama.Params, config: llama.LlamaConfig, out_dir: str, *, to
         for fname in TOKENIZER_FILES:
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src):
-                shutil.copy(src, os.path.join(out_dir, fname))
+                shutil.copyfile(src, os.path.join(out_dir, fname))  # contents only: modes from the umask

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 from genrm_jax.io import gguf as gguf_io
+from genrm_jax.io import hf
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -47,13 +48,41 @@ def registered_gguf(name: str) -> str:
 
 
 def _converted(gguf_path: str, cache_dir: str) -> str:
-    """Converts once; a finished conversion is marked by its directory existing (written via rename)."""
+    """Converts once; a finished conversion is marked by its directory existing (written via rename).
+
+    The directory and its files get the modes of the process umask (0755 / 0644 under the usual 022), not the
+    0700 of mkdtemp, so that a cache shared between users can be read by all of them.
+    """
     if os.path.exists(os.path.join(cache_dir, "config.json")):
         return cache_dir
     os.makedirs(os.path.dirname(cache_dir), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".converting-", dir=os.path.dirname(cache_dir))
     try:
         gguf_io.convert_gguf(gguf_path, tmp)
+        hf.apply_umask(tmp)
+        try:
+            os.rename(tmp, cache_dir)
+        except OSError:  # another process finished first
+            if not os.path.exists(os.path.join(cache_dir, "config.json")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache_dir
+
+
+TINY_MODEL = "tiny-random"  # a random 2-layer Llama with a byte tokenizer (genrm_jax.io.tiny): smoke runs, tests
+
+
+def _tiny(cache_dir: str) -> str:
+    if os.path.exists(os.path.join(cache_dir, "config.json")):
+        return cache_dir
+    from genrm_jax.io import tiny
+
+    os.makedirs(os.path.dirname(cache_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".creating-", dir=os.path.dirname(cache_dir))
+    try:
+        tiny.make_model_dir(tmp)
+        hf.apply_umask(tmp)
         try:
             os.rename(tmp, cache_dir)
         except OSError:  # another process finished first
@@ -66,6 +95,8 @@ def _converted(gguf_path: str, cache_dir: str) -> str:
 
 def resolve(name_or_path: str) -> str:
     """Returns a Hugging Face model directory for a registered name, a GGUF file or a directory."""
+    if name_or_path == TINY_MODEL:
+        return _tiny(os.path.join(home(), "models", TINY_MODEL))
     if name_or_path in REGISTRY:
         return _converted(registered_gguf(name_or_path), os.path.join(home(), "models", name_or_path))
     if os.path.isdir(name_or_path):
@@ -75,5 +106,5 @@ def resolve(name_or_path: str) -> str:
         key = hashlib.sha1(f"{os.path.abspath(name_or_path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
         stem = os.path.splitext(os.path.basename(name_or_path))[0]
         return _converted(name_or_path, os.path.join(home(), "gguf", f"{stem}-{key}"))
-    raise FileNotFoundError(f"{name_or_path!r} is neither a registered model ({', '.join(REGISTRY)}), "
+    raise FileNotFoundError(f"{name_or_path!r} is neither a registered model ({', '.join([*REGISTRY, TINY_MODEL])}), "
                             "a .gguf file, nor a Hugging Face model directory")

@@ -10,11 +10,18 @@ Methods:
 
 Position bias: `position="fixed"` shows the pair as given, "swap" in a seeded random order per pair, "both"
 judges both orders and averages. Votes and probabilities are always reported for the caller's A/B labels.
+
+Context: a cot / genrm prompt plus the reply (max_new_tokens; one verdict token for genrm) must fit the model's
+context (`max_position_embeddings`). As in training, the conversation is cut from the left to make it fit
+(`prompts.fit`; counted in `Judgment.truncated`); a pair whose instructions and answers alone (after
+`max_answer_tokens`) leave no room is not judged: it scores `invalid_score` and is listed in
+`Judgment.skipped` with the reason. bt / pairrm sequences are fitted to `max_len` by the training pipeline.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -23,9 +30,18 @@ from genrm_jax.judge import prompts, verdicts
 
 METHODS = ("cot", "genrm", "bt", "pairrm")
 POSITIONS = ("fixed", "swap", "both")
+VERDICT_MODES = ("parse", "force")
 
 # Vote codes in `Judgment.votes` (in the caller's labels).
 VOTE_A, VOTE_B, INVALID = 1, 0, -1
+
+
+class JudgeConfigError(ValueError):
+    """A bad JudgeConfig value; `field` names the field and `problem` says what is wrong with it."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +55,11 @@ class JudgeConfig:
     stop_strings: tuple[str, ...] = ()  # e.g. ("]]",) ends a judgment at its first verdict (cheaper, but then
                                          # a judge cannot revise its verdict)
     position: str = "fixed"
+    verdict: str = "parse"         # cot: "parse" the verdict from the text (the paper), or "force" it: when the
+                                   # rationale ends, append the verdict prefix and read P(A) from the next-token
+                                   # probabilities of the two labels (a verdict every time; see `_force`)
+    max_prompt_tokens: int | None = None  # cot / genrm: fit prompts to this many tokens (the conversation is
+                                          # cut from the left) even when the context allows more
     seed: int = 0
     invalid_score: float = 0.5     # P(A) contribution of a judgment with no verdict (RewardBench scores a tie)
     max_answer_tokens: int | None = None  # cut each answer to this many tokens before prompting
@@ -47,16 +68,40 @@ class JudgeConfig:
     reward_eps: float = 1e-3       # p is clipped to [eps, 1 - eps] before log p/(1-p)
 
     def __post_init__(self):
+        def bad(field, problem):
+            raise JudgeConfigError(field, f"{problem}, got {getattr(self, field)!r}")
+
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            bad("method", f"must be one of {METHODS}")
         if self.position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+            bad("position", f"must be one of {POSITIONS}")
+        if self.verdict not in VERDICT_MODES:
+            bad("verdict", f"must be one of {VERDICT_MODES}")
+        if (self.method == "cot" and self.verdict == "force" and self.prompt in prompts.PAIRWISE
+                and prompts.VERDICT_STYLE[self.prompt] not in prompts.VERDICT_PREFIX):
+            bad("verdict", f"'force' needs a prompt with a verdict prefix "
+                           f"({', '.join(p for p, st in prompts.VERDICT_STYLE.items() if st in prompts.VERDICT_PREFIX)})")
+        if self.max_prompt_tokens is not None and (not isinstance(self.max_prompt_tokens, (int, np.integer))
+                                                   or self.max_prompt_tokens < 1):
+            bad("max_prompt_tokens", "must be None (the model's context) or an integer >= 1")
         if self.method == "cot" and self.prompt not in prompts.PAIRWISE:
-            raise ValueError(f"prompt must be one of {tuple(prompts.PAIRWISE)}, got {self.prompt!r}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+            bad("prompt", f"must be one of {tuple(prompts.PAIRWISE)}")
+        for field in ("k", "max_new_tokens", "batch_size"):
+            if not isinstance(getattr(self, field), (int, np.integer)) or getattr(self, field) < 1:
+                bad(field, "must be an integer >= 1")
+        if self.max_answer_tokens is not None and (not isinstance(self.max_answer_tokens, (int, np.integer))
+                                                   or self.max_answer_tokens < 1):
+            bad("max_answer_tokens", "must be None (no cut) or an integer >= 1")
+        if not self.temperature >= 0.0:
+            bad("temperature", "must be >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            bad("top_p", "must be in (0, 1]")
         if not 0.0 <= self.invalid_score <= 1.0:
-            raise ValueError(f"invalid_score must be in [0, 1], got {self.invalid_score}")
+            bad("invalid_score", "must be in [0, 1]")
+        if not 0.0 < self.reward_eps < 0.5:
+            bad("reward_eps", "must be in (0, 0.5)")
+        if isinstance(self.stop_strings, str) or not all(isinstance(x, str) and x for x in self.stop_strings):
+            bad("stop_strings", "must be a tuple of non-empty strings")
 
 
 @dataclasses.dataclass
@@ -66,11 +111,19 @@ class Judgment:
     p_a: [N] P(A better).  votes: [N, orders, k] int8 (1 = A, 0 = B, -1 invalid); "orders" is 2 with
     position="both" (order 1 is the swapped presentation), else 1.  swapped: [N, orders] whether that order
     showed the caller's B first.  rationales: [N][orders * k] judge texts (cot) or [] (other methods).
+    skipped: {pair index: reason} for pairs that could not be judged (too long even with the conversation cut
+    away, or an empty answer for bt / pairrm): P(A) = invalid_score, every vote invalid, no rationale.
+    truncated: [N] bool, whether the pair's conversation was cut from the left to fit the context.
     """
     p_a: np.ndarray
     votes: np.ndarray
     swapped: np.ndarray
     rationales: list[list[str]]
+    skipped: dict[int, str] = dataclasses.field(default_factory=dict)
+    truncated: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+    # cot: [N, orders, k] P(caller's A) of each judgment (forced verdicts: from the label probabilities; parsed:
+    # 1 / 0, NaN when invalid); None for the other methods
+    sample_p_a: np.ndarray | None = None
 
 
 def presentation(n: int, position: str, seed: int) -> np.ndarray:
@@ -112,22 +165,46 @@ class Judge:
             raise ValueError(f"method {config.method!r} needs the scalar reward head (head=...)")
         if config.method == "genrm":
             self.verdict_tokens = [_single_token(model.tokenizer, c) for c in ("A", "B")]
+        if config.method == "cot" and config.verdict == "force":
+            self._verdict_labels = verdict_label_tokens(model.tokenizer, prompts.VERDICT_STYLE[config.prompt])
+        if config.method in ("cot", "genrm") and self.prompt_budget() < 1:
+            raise ValueError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
+                             f"context of {model.config.max_position_embeddings} tokens")
+
+    def reply_tokens(self) -> int:
+        """Tokens the reply needs after the prompt: max_new_tokens (cot) or the one verdict token (genrm)."""
+        return 1 if self.config.method == "genrm" else self.config.max_new_tokens
+
+    def prompt_budget(self) -> int:
+        """The longest cot / genrm prompt that leaves room for the reply in the model's context (and, when set,
+        at most `max_prompt_tokens`). A forced verdict also needs room for the verdict prefix and label."""
+        room = int(self.model.config.max_position_embeddings) - self.reply_tokens()
+        if self.config.method == "cot" and self.config.verdict == "force":
+            room -= len(self._verdict_labels[0]) + 1
+        cap = self.config.max_prompt_tokens
+        return room if cap is None else min(room, cap)
 
     # ------------------------------------------------------------------------------------------------ API
 
     def compare(self, conversations: Sequence[list[dict]], answers_a: Sequence[str], answers_b: Sequence[str],
-                *, progress: bool = False) -> Judgment:
+                *, progress: bool = False, hints: Sequence[str] | None = None) -> Judgment:
+        """`hints` (cot only): the better answer of each pair in the caller's labels ("A" / "B"); the judge
+        then sees the Rationalizer prompt, which names the better answer and asks why (STaR rationalization)."""
         n = len(conversations)
+        if hints is not None and (self.config.method != "cot" or len(hints) != n
+                                  or any(h not in ("A", "B") for h in hints)):
+            raise ValueError(f"hints: expected {n} labels 'A' / 'B', and only with method 'cot'")
         if not (len(answers_a) == len(answers_b) == n):
             raise ValueError(f"got {n} conversations, {len(answers_a)} answers A, {len(answers_b)} answers B")
         if n == 0:
-            return Judgment(np.zeros(0), np.zeros((0, 1, self.config.k), np.int8), np.zeros((0, 1), bool), [])
+            return Judgment(np.zeros(0), np.zeros((0, 1, self.config.k), np.int8), np.zeros((0, 1), bool), [],
+                            {}, np.zeros(0, bool))
         tok, cfg = self.model.tokenizer, self.config
         answers_a = [prompts.truncate(tok, a, cfg.max_answer_tokens) for a in answers_a]
         answers_b = [prompts.truncate(tok, b, cfg.max_answer_tokens) for b in answers_b]
         swapped = presentation(n, cfg.position, cfg.seed)
         if cfg.method == "cot":
-            return self._cot(conversations, answers_a, answers_b, swapped, progress)
+            return self._cot(conversations, answers_a, answers_b, swapped, progress, hints)
         if cfg.method == "genrm":
             return self._genrm(conversations, answers_a, answers_b, swapped)
         return self._head(conversations, answers_a, answers_b, swapped, progress)
@@ -140,46 +217,116 @@ class Judge:
 
     # -------------------------------------------------------------------------------------------- methods
 
-    def _shown(self, builder, conversations, answers_a, answers_b, swapped):
-        """Token ids of every (pair, order) prompt, pair-major."""
-        out = []
+    def _shown(self, builder, conversations, answers_a, answers_b, swapped, hints=None):
+        """(token ids of every judged (pair, order) prompt, pair-major; the judged pairs' indices; skipped
+        {pair: reason}; truncated [N]). Each prompt is fitted to `prompt_budget()` (see `prompts.fit`)."""
+        budget, tok = self.prompt_budget(), self.model.tokenizer
+        ids, judged, skipped = [], [], {}
+        truncated = np.zeros(len(conversations), bool)
         for i, conv in enumerate(conversations):
+            row = []
             for s in swapped[i]:
                 a, b = (answers_b[i], answers_a[i]) if s else (answers_a[i], answers_b[i])
-                out.append(prompts.render(self.model.tokenizer, builder(conv, a, b)))
-        return out
+                build = builder
+                if hints is not None:  # the hint names the better answer as shown in this order
+                    shown = hints[i] if not s else ("B" if hints[i] == "A" else "A")
+                    build = functools.partial(prompts.rationalizer, winner=shown)
+                f = prompts.fit(tok, build, conv, a, b, budget)
+                if f.ids is None:
+                    skipped[i] = (f"too long: the judge prompt is {f.bare_tokens} tokens with no conversation "
+                                  f"text (instructions and answers, max_answer_tokens="
+                                  f"{self.config.max_answer_tokens}); with {self.reply_tokens()} reply tokens "
+                                  f"the model's context of {self.model.config.max_position_embeddings} leaves "
+                                  f"no room for the conversation")
+                    break
+                row.append(f.ids)
+                truncated[i] |= f.truncated
+            if i not in skipped:
+                ids.extend(row)
+                judged.append(i)
+        truncated[list(skipped)] = False
+        return ids, judged, skipped, truncated
 
-    def _cot(self, conversations, answers_a, answers_b, swapped, progress):
+    def _cot(self, conversations, answers_a, answers_b, swapped, progress, hints=None):
         from genrm_jax.sampling import SamplingParams
 
         cfg = self.config
-        ids = self._shown(prompts.PAIRWISE[cfg.prompt], conversations, answers_a, answers_b, swapped)
-        sp = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                            n=cfg.k, seed=cfg.seed, stop_strings=tuple(cfg.stop_strings))
-        outs = self.engine.generate(ids, sp, progress=progress)
+        ids, judged, skipped, truncated = self._shown(prompts.PAIRWISE[cfg.prompt], conversations, answers_a,
+                                                      answers_b, swapped, hints)
         style = prompts.VERDICT_STYLE[cfg.prompt]
+        stops = tuple(cfg.stop_strings)
+        if cfg.verdict == "force":  # stop where the judge starts its own verdict: the prefix is appended for it
+            stops = tuple(dict.fromkeys(stops + (prompts.VERDICT_PREFIX[style].strip(),)))
+        sp = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            n=cfg.k, seed=cfg.seed, stop_strings=stops)
+        outs = self.engine.generate(ids, sp, progress=progress) if ids else []
         n, orders = swapped.shape
         votes = np.full((n, orders, cfg.k), INVALID, np.int8)
-        rationales = []
-        for i in range(n):
-            texts = []
+        sample_p = np.full((n, orders, cfg.k), np.nan)
+        rationales = [[] for _ in range(n)]
+        if cfg.verdict == "force" and outs:
+            texts, p_shown, labels = self._force(ids, outs, style)
+        for row, i in enumerate(judged):
             for o in range(orders):
-                for j, c in enumerate(outs[i * orders + o]):
-                    texts.append(c.text)
-                    v = verdicts.parse(c.text, style)
+                flip = bool(swapped[i, o])
+                for j, c in enumerate(outs[row * orders + o]):
+                    if cfg.verdict == "force":
+                        text, v, p = texts[row * orders + o][j], labels[row * orders + o][j], \
+                            p_shown[row * orders + o][j]
+                        sample_p[i, o, j] = 1.0 - p if flip else p
+                    else:
+                        text, v = c.text, verdicts.parse(c.text, style)
+                        if v is not None:
+                            sample_p[i, o, j] = float((v == "A") != flip)
+                    rationales[i].append(text)
                     if v is not None:  # map the shown label back to the caller's
-                        votes[i, o, j] = VOTE_A if (v == "A") != bool(swapped[i, o]) else VOTE_B
-            rationales.append(texts)
-        return Judgment(vote_p_a(votes, cfg.invalid_score), votes, swapped, rationales)
+                        votes[i, o, j] = VOTE_A if (v == "A") != flip else VOTE_B
+        return Judgment(vote_p_a(votes, cfg.invalid_score), votes, swapped, rationales, skipped, truncated, sample_p)
+
+    def _force(self, prompt_ids, outs, style):
+        """Forced verdicts: for each judgment, the rationale (its text up to where it began a verdict) plus the
+        verdict prefix is scored in one forward pass, and the verdict drawn from the two labels' next-token
+        probabilities at the judge's temperature (argmax when greedy) with a uniform seeded by (seed, prompt,
+        sample): the same draw whatever the batch. Returns per prompt and sample: the judgment text with its
+        verdict written out, P(shown A), and the label."""
+        cfg, tok = self.config, self.model.tokenizer
+        prefix = prompts.VERDICT_PREFIX[style]
+        seqs, owners = [], []
+        for r, (ids, completions) in enumerate(zip(prompt_ids, outs)):
+            for j, c in enumerate(completions):
+                rationale = c.text.rstrip()
+                seqs.append(list(ids) + list(tok.encode(rationale + prefix, add_special_tokens=False)))
+                owners.append((r, j, rationale))
+        label_ids = [t[-1] for t in self._verdict_labels]
+        lp = np.asarray(self.engine.score_next_token(seqs, label_ids), np.float64)  # [rows, 2]
+        texts = [[None] * len(c) for c in outs]
+        p_shown = [[None] * len(c) for c in outs]
+        labels = [[None] * len(c) for c in outs]
+        for (r, j, rationale), (la, lb) in zip(owners, lp):
+            p_a = 1.0 / (1.0 + np.exp(lb - la))
+            if cfg.temperature == 0.0:
+                label = "A" if p_a >= 0.5 else "B"
+            else:
+                q = 1.0 / (1.0 + np.exp((lb - la) / cfg.temperature))
+                u = np.random.default_rng([cfg.seed, zlib.crc32(np.asarray(prompt_ids[r], np.int32).tobytes()),
+                                           j]).random()
+                label = "A" if u < q else "B"
+            texts[r][j] = prompts.with_verdict(rationale, label, style)
+            p_shown[r][j], labels[r][j] = p_a, label
+        return texts, p_shown, labels
 
     def _genrm(self, conversations, answers_a, answers_b, swapped):
-        ids = self._shown(prompts.genrm, conversations, answers_a, answers_b, swapped)
-        lp = np.asarray(self.engine.score_next_token(ids, self.verdict_tokens), np.float64)  # [n*orders, 2]
-        p_shown_a = 1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))  # softmax restricted to the two verdict tokens
+        ids, judged, skipped, truncated = self._shown(prompts.genrm, conversations, answers_a, answers_b, swapped)
         n, orders = swapped.shape
-        p_a = np.where(swapped.reshape(-1), 1.0 - p_shown_a, p_shown_a).reshape(n, orders)
-        votes = np.where(p_a >= 0.5, VOTE_A, VOTE_B).astype(np.int8)[:, :, None]
-        return Judgment(p_a.mean(axis=1), votes, swapped, [[] for _ in range(n)])
+        p_a = np.full(n, self.config.invalid_score)
+        votes = np.full((n, orders, 1), INVALID, np.int8)
+        if judged:
+            lp = np.asarray(self.engine.score_next_token(ids, self.verdict_tokens), np.float64)  # [rows, 2]
+            p_shown_a = 1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))  # softmax restricted to the two verdict tokens
+            p = np.where(swapped[judged].reshape(-1), 1.0 - p_shown_a, p_shown_a).reshape(len(judged), orders)
+            p_a[judged] = p.mean(axis=1)
+            votes[judged] = np.where(p >= 0.5, VOTE_A, VOTE_B).astype(np.int8)[:, :, None]
+        return Judgment(p_a, votes, swapped, [[] for _ in range(n)], skipped, truncated)
 
     def _head(self, conversations, answers_a, answers_b, swapped, progress):
         """bt / pairrm: the head's logit of the caller's A beating B, averaged over the orders shown."""
@@ -187,13 +334,20 @@ class Judge:
 
         cfg, tok = self.config, self.model.tokenizer
         n, orders = swapped.shape
-        seqs, owners = [], []  # one pair -> 2 sequences (bt: A, B answers; pairrm: A-B and B-A)
+        seqs, owners, skipped = [], [], {}  # one pair -> 2 sequences (bt: A, B answers; pairrm: A-B and B-A)
+        truncated = np.zeros(n, bool)
         for i, conv in enumerate(conversations):
+            stats = pipeline.Stats()
             ex = pipeline.encode_record({"prompt": list(conv), "chosen": answers_a[i], "rejected": answers_b[i]},
-                                        cfg.method, tok, cfg.max_len)
-            if ex is not None:  # empty answers: no score, the pair stays at P = invalid_score
-                seqs.extend(ex["tokens"])
-                owners.append(i)
+                                        cfg.method, tok, cfg.max_len, index=i, stats=stats)
+            if ex is None:  # empty answer or too long: no score, the pair stays at P = invalid_score
+                why = {"empty_chosen": "empty answer A", "empty_rejected": "empty answer B",
+                       "too_long": f"too long: an answer leaves no room for the conversation in max_len={cfg.max_len}"}
+                skipped[i] = "; ".join(why.get(r, r) for r in stats.skipped)
+                continue
+            truncated[i] = bool(stats.truncated)
+            seqs.extend(ex["tokens"])
+            owners.append(i)
         rewards = _scalar_rewards(self.model, self.head, seqs, cfg.batch_size, progress).reshape(-1, 2)
         # bt scores each answer alone, so the order shown cannot matter. pairrm: the A-B sequence gives
         # logit(A≻B), the B-A one -logit(B≻A); "both" averages the two presentations.
@@ -208,7 +362,22 @@ class Judge:
             ps = [1.0 / (1.0 + np.exp(-shown_logit(row, s))) for s in swapped[i]]
             p_a[i] = float(np.mean(ps))
             votes[i, :, 0] = [VOTE_A if p >= 0.5 else VOTE_B for p in ps]
-        return Judgment(p_a, votes, swapped, [[] for _ in range(n)])
+        return Judgment(p_a, votes, swapped, [[] for _ in range(n)], skipped, truncated)
+
+
+def verdict_label_tokens(tokenizer, style: str) -> list[list[int]]:
+    """Token ids of VERDICT_PREFIX + label for the labels A and B; each must end in one token of its own
+    (the label) after the prefix's tokens, so that one next-token distribution holds the whole verdict."""
+    prefix = prompts.VERDICT_PREFIX[style]
+    base = list(tokenizer.encode(prefix, add_special_tokens=False))
+    out = []
+    for label in prompts.VERDICT_LABELS[style]:
+        ids = list(tokenizer.encode(prefix + label, add_special_tokens=False))
+        if ids[:len(base)] != base or len(ids) != len(base) + 1:
+            raise ValueError(f"verdict {prefix + label!r} does not tokenize as the prefix's tokens plus one label "
+                             f"token for this tokenizer; forced verdicts need that")
+        out.append(ids)
+    return out
 
 
 def _single_token(tokenizer, text: str) -> int:

@@ -15,8 +15,15 @@ exactly what training wrote.)
 
 A conversation with earlier turns renders them under `[Chat Context]` and its last user turn as the question,
 so single- and multi-turn pairs share one template.
+
+`fit` renders a pairwise prompt within a token budget the way training fits its sequences
+(`genrm_jax.data.pipeline.fit_prefix`): only the conversation loses tokens, from the left (earliest turns first,
+then the start of the oldest remaining text, marked `[...]`); instructions and answers stay whole.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 from genrm_jax.tokenizer import chat_ids
 
@@ -152,6 +159,19 @@ VERDICT_STYLE = {"judge": "brackets", "rationalizer": "brackets", "genrm": "bare
                  "pointwise": "result", "meta_judge": "result"}
 
 
+# Forced verdicts (judge/api.py): when a rationale ends, VERDICT_PREFIX is appended and the verdict is read from
+# the next-token probabilities of the two labels; `with_verdict` writes the judgment a forced verdict stands for.
+VERDICT_PREFIX = {"brackets": "\n\n[[", "result_pair": "\n[RESULT] "}
+VERDICT_LABELS = {"brackets": ("A", "B"), "result_pair": ("1", "2")}
+_VERDICT_SUFFIX = {"brackets": "]]", "result_pair": ""}
+
+
+def with_verdict(rationale: str, label: str, style: str = "brackets") -> str:
+    """The judgment text `rationale` + verdict `label` ("A" / "B") as the judge prompt asks for it."""
+    shown = VERDICT_LABELS[style][0 if label == "A" else 1]
+    return rationale.rstrip() + VERDICT_PREFIX[style] + shown + _VERDICT_SUFFIX[style]
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
     """Token ids through the model's chat template (the generation prompt opens the judge's reply)."""
     return chat_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt)
@@ -165,3 +185,63 @@ def truncate(tokenizer, text: str, max_tokens: int | None) -> str:
     if len(ids) <= max_tokens:
         return text
     return tokenizer.decode(ids[:max_tokens]) + " [...]"
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+
+CUT_MARK = "[...] "  # opens a turn whose start was cut to fit the context
+_FIT_TRIES = 8  # re-renders after a cut: headers, the mark and token merges make lengths not quite additive
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A prompt rendered within a budget. ids is None when even the prompt without any conversation text
+    (`bare_tokens`: instructions, answers, template) leaves no room for one token of the conversation."""
+    ids: list[int] | None
+    truncated: bool      # the conversation was cut from the left
+    bare_tokens: int = 0  # length of the prompt with an empty conversation (set when the full one did not fit)
+
+
+def _content_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def cut_left(tokenizer, conversation: list[dict], n_tokens: int) -> list[dict]:
+    """`conversation` without its first `n_tokens` content tokens: whole turns go first, then the start of the
+    oldest turn left (marked with CUT_MARK). The last turn keeps at least its tail when n_tokens allows."""
+    out = []
+    for k, turn in enumerate(conversation):
+        ids = _content_ids(tokenizer, turn["content"])
+        if n_tokens == 0:
+            out.append(dict(turn))
+        elif n_tokens >= len(ids) and k + 1 < len(conversation):
+            n_tokens -= len(ids)  # the whole turn goes (never the last: the question the answers reply to)
+        else:
+            out.append({**turn, "content": CUT_MARK + tokenizer.decode(ids[n_tokens:])})
+            n_tokens = 0
+    return out
+
+
+def fit(tokenizer, builder: Callable[..., list[dict]], conversation: list[dict], answer_a: str, answer_b: str,
+        max_tokens: int) -> Fitted:
+    """Token ids of `builder(conversation, answer_a, answer_b)` in at most `max_tokens` tokens (see the module
+    docstring): the conversation is cut from the left as training cuts its prefix; answers are never cut here
+    (`truncate` them first)."""
+    ids = render(tokenizer, builder(conversation, answer_a, answer_b))
+    if len(ids) <= max_tokens:
+        return Fitted(ids, False)
+    from genrm_jax.data.pipeline import fit_prefix  # the training rule: keep the tail that leaves room
+
+    flat = [t for turn in conversation for t in _content_ids(tokenizer, turn["content"])]
+    bare = len(render(tokenizer, builder([{"role": "user", "content": ""}], answer_a, answer_b)))
+    target = max_tokens
+    for _ in range(_FIT_TRIES):
+        kept, _ = fit_prefix(flat, [bare], target)  # the conversation text as the prefix, the rest as completion
+        if kept is None or not kept:
+            break
+        ids = render(tokenizer, builder(cut_left(tokenizer, conversation, len(flat) - len(kept)), answer_a,
+                                        answer_b))
+        if len(ids) <= max_tokens:
+            return Fitted(ids, True, bare)
+        target -= len(ids) - max_tokens  # headers and the cut mark cost a few tokens: cut that many more
+    return Fitted(None, False, bare)

@@ -1,0 +1,64 @@
+r"""Shared presets of the training experiments (each experiment's config file starts from `base` and sets what is
+its own). Groups: `model`, `seed`, `data` (recipe.data), `judge` (the evaluation judge: api.JudgeConfig fields),
+`star` (star.loop.StarConfig), `train` (finetune.FinetuneConfig), `engine`, `eval.ks`.
+
+  smoke    the tiny random model ("tiny-random"), a dozen pairs: seconds, for tests
+  default  the embedded SmolLM2-135M-Instruct, HH-RLHF train / held-out, a stratified RewardBench sample,
+           sized so that `make run` (STaR-DPO) finishes in about 20 minutes on a 2-core CPU
+  small    the same model at the scale where the ablation can say something: hours on this CPU, minutes on a GPU
+  paper    Llama-3.1-8B-Instruct by local path and UltraFeedback / UltraInteract files by path (set
+           --config.model and --config.data.train_path), 3 iterations, 32 samples, lr 1e-6, DPO beta 1.0, maj@32
+"""
+import ml_collections
+
+PRESETS = ("smoke", "default", "small", "paper")
+
+
+def base(preset: str) -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.model = "smollm2-135m-instruct"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(
+        train="hh-rlhf", train_path="", train_format="jsonl", held_out_fraction=0.2, train_pairs=24,
+        held_out_per_subset=2, rewardbench_per_subset=1))
+    c.judge = ml_collections.ConfigDict(dict(
+        method="cot", prompt="judge", k=1, temperature=0.0, top_p=1.0, max_new_tokens=32, position="both",
+        verdict="force", max_answer_tokens=48, max_prompt_tokens=320, invalid_score=0.5))
+    c.star = ml_collections.ConfigDict(dict(
+        method="star_dpo", iterations=3, parts=3, samples=4, temperature=1.0, top_p=0.95, max_new_tokens=32,
+        verdict="force", rationalizer_loss="sft", chunk=8))
+    c.train = ml_collections.ConfigDict(dict(
+        learning_rate=1e-6, epochs=1, batch_size=4, max_len=448, buckets=(448,), beta=ml_collections.config_dict.placeholder(float),
+        warmup_fraction=0.1, weight_decay=0.1, max_grad_norm=1.0, train_eos=True, remat_policy="dense", seed=0,
+        checkpoint_every=4, keep_checkpoints=1))
+    c.engine = ml_collections.ConfigDict(dict(max_batch=32, cache_dtype="float32"))
+    c.eval = ml_collections.ConfigDict(dict(ks=(1,)))
+
+    if preset == "smoke":
+        c.model = "tiny-random"
+        c.data.update(train_pairs=6, held_out_per_subset=1, rewardbench_per_subset=0)
+        c.judge.update(max_new_tokens=8, max_answer_tokens=16, max_prompt_tokens=1536)
+        c.star.update(samples=4, max_new_tokens=8, chunk=2)
+        c.train.update(learning_rate=1e-3, batch_size=2, max_len=1600, buckets=(1600,), checkpoint_every=1)
+        c.engine.max_batch = 8
+    elif preset == "small":
+        c.data.update(train_pairs=600, held_out_per_subset=50, rewardbench_per_subset=10)
+        c.judge.update(k=4, temperature=1.0, top_p=0.95, max_new_tokens=128, max_answer_tokens=256,
+                       max_prompt_tokens=1024)
+        c.star.update(samples=8, max_new_tokens=128)
+        c.train.update(epochs=2, batch_size=8, max_len=1280, buckets=(640, 1280), checkpoint_every=20)
+        c.eval.ks = (1, 2, 4)
+    elif preset == "paper":
+        c.model = ""  # a local Llama-3.1-8B-Instruct Hugging Face directory: --config.model=/path/to/it
+        c.data.update(train="file", train_format="ultrafeedback", train_pairs=0, held_out_fraction=0.05,
+                      held_out_per_subset=0, rewardbench_per_subset=0)
+        c.data.rewardbench_per_subset = 1000  # every RewardBench pair (no subset has more)
+        c.judge.update(k=16, temperature=1.0, top_p=0.95, max_new_tokens=1024, max_answer_tokens=None,
+                       max_prompt_tokens=None)
+        c.star.update(samples=32, max_new_tokens=1024, chunk=32)
+        c.train.update(epochs=3, batch_size=32, max_len=4096, buckets=(1024, 2048, 4096), checkpoint_every=50)
+        c.eval.ks = (1, 2, 4, 8, 16, 32)
+    return c

@@ -1,0 +1,287 @@
+"""The ablation's table: one row per method from the report.json of its run directory (recipe.write_report), plus
+the zero-shot judges read from the runs' eval_0, a check that every run evaluated the same split, and the
+grouped bar plot of the paper's Figure 2.
+
+    reports = {m: ablation_report.load_run(os.path.join(workdir, m)) for m in methods}
+    rows = ablation_report.rows(reports, methods)
+    problems = ablation_report.consistency(reports, preset)
+    ablation_report.write(workdir, rows, preset=..., notes=..., problems=problems)   # .json .md .png
+
+A row (strict JSON): {"method", "kind" ("zero-shot" | "trained"), "run" (the run directory's name), "stage"
+(the evaluation it shows), "status" ("ok" or why there is no result), "sets": {set: {"n", "accuracy", "ci95",
+"invalid_rate", "position_consistency", "maj@1", "maj@k", "k", "sections": {Chat, Chat Hard, Safety,
+Reasoning, Score}}}}; a value that does not exist for the judge (maj@k of a single-judgment judge) is null.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from genrm_jax import runs
+
+IN_DISTRIBUTION = "hh-rlhf-held-out"  # = recipe.IN_DISTRIBUTION (not imported: that pulls the data stack in)
+OUT_OF_DISTRIBUTION = "rewardbench"
+SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning", "Score")
+# Zero-shot rows: (label, runs whose eval_0 is that judge on the base model, first found wins). Every STaR run
+# evaluates with the same CoT judge (presets' `judge` group), so their eval_0 are one and the same judgment.
+ZERO_SHOT = (("llm_judge (zero-shot CoT)", ("star_dpo", "star_sft", "rationalizer")),
+             ("genrm zero-shot", ("genrm",)))
+# the config keys that decide the evaluation sets (recipe.data): everything but how many training pairs
+SPLIT_KEYS = ("seed", "data.train", "data.train_path", "data.train_format", "data.held_out_fraction",
+              "data.held_out_per_subset", "data.rewardbench_per_subset")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def load_run(run_dir: str) -> dict | None:
+    """{"report", "config", "stages": {name: result}} of a finished run directory; None without report.json."""
+    path = os.path.join(run_dir, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        out = {"report": json.load(f), "config": None, "stages": {}}
+    if os.path.exists(os.path.join(run_dir, "config.json")):
+        with open(os.path.join(run_dir, "config.json")) as f:
+            out["config"] = json.load(f)
+    stages = os.path.join(run_dir, "stages")
+    for row in out["report"].get("rows", []):
+        stage = str(row.get("stage", ""))
+        if stage.startswith("eval_") and os.path.exists(os.path.join(stages, stage + ".json")):
+            with open(os.path.join(stages, stage + ".json")) as f:
+                out["stages"][stage] = json.load(f)
+    return out
+
+
+def eval_rows(report: dict) -> list[dict]:
+    return [r for r in report.get("rows", []) if str(r.get("stage", "")).startswith("eval_")]
+
+
+def _set_names(row: dict) -> list[str]:
+    return list(dict.fromkeys(k[:-len("/accuracy")] for k in row if k.endswith("/accuracy")))
+
+
+def _set_cell(name: str, row: dict, stage_report: dict | None) -> dict:
+    """One evaluation set of one report row; maj@1 and the curve's k come from the stage's full report (the
+    row keeps only the largest k), else from the row."""
+    ci = row.get(f"{name}/ci95")
+    cell = {"n": (stage_report or {}).get("n"), "accuracy": row.get(f"{name}/accuracy"),
+            "ci95": list(ci) if isinstance(ci, (list, tuple)) else None,
+            "invalid_rate": row.get(f"{name}/invalid_rate"),
+            "position_consistency": row.get(f"{name}/position_consistency"),
+            "maj@1": None, "maj@k": None, "k": None,
+            "sections": {s: row[f"{name}/{s}"] for s in SECTIONS if row.get(f"{name}/{s}") is not None}}
+    curve = (stage_report or {}).get("maj_at_k") or {}
+    if curve:
+        k = max(curve, key=int)
+        cell["maj@1"] = (curve.get("1") or {}).get("accuracy")
+        cell["maj@k"], cell["k"] = curve[k]["accuracy"], int(k)
+    else:
+        ks = [int(key.rsplit("@", 1)[1]) for key in row if key.startswith(f"{name}/maj@")]
+        if ks:
+            cell["maj@k"], cell["k"] = row[f"{name}/maj@{max(ks)}"], max(ks)
+    return cell
+
+
+def summarize(label: str, kind: str, run: str, row: dict, stage_reports: dict | None = None) -> dict:
+    stage = str(row.get("stage"))
+    full = (stage_reports or {}).get(stage) or {}
+    return {"method": label, "kind": kind, "run": run, "stage": stage, "status": "ok",
+            "sets": {name: _set_cell(name, row, full.get(name)) for name in _set_names(row)}}
+
+
+def missing(label: str, kind: str, run: str, why: str) -> dict:
+    return {"method": label, "kind": kind, "run": run, "stage": None, "status": why, "sets": {}}
+
+
+def rows(loaded: dict[str, dict | None], methods: Sequence[str], *,
+         failures: dict[str, str] | None = None) -> list[dict]:
+    """The zero-shot rows (when one of their runs is there) then one row per method: its last evaluation.
+    `loaded`: {method: load_run(...)}; `failures`: {method: why} for runs with no usable result."""
+    failures = failures or {}
+    out = []
+    for label, sources in ZERO_SHOT:
+        for m in sources:
+            got = loaded.get(m)
+            zero = [r for r in eval_rows(got["report"]) if r.get("stage") == "eval_0"] if got else []
+            if m in methods and m not in failures and zero:
+                out.append(summarize(label, "zero-shot", m, zero[0], got["stages"]))
+                break
+    for m in methods:
+        got = loaded.get(m)
+        evals = eval_rows(got["report"]) if got else []
+        if m in failures or not evals:
+            out.append(missing(m, "trained", m, failures.get(m) or
+                               ("no report.json" if not got else "report.json has no evaluation row")))
+        else:
+            out.append(summarize(m, "trained", m, evals[-1], got["stages"]))
+    return out
+
+
+def consistency(loaded: dict[str, dict | None], preset: str) -> list[str]:
+    """Why the collected runs may not be comparable: a report of another preset, or runs whose evaluation sets
+    differ (the split's config keys, or the evaluation set sizes). Empty when all agree."""
+    problems = []
+    present = {m: got for m, got in loaded.items() if got}
+    other = {m: got["report"].get("preset") for m, got in present.items() if got["report"].get("preset") != preset}
+    if other:
+        problems.append(f"preset differs from {preset!r}: " + ", ".join(f"{m} ran {p!r}" for m, p in other.items()))
+    flat = {m: runs.flatten(got["config"]) for m, got in present.items() if got["config"] is not None}
+    for key in SPLIT_KEYS:
+        values = {m: f.get(key) for m, f in flat.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            problems.append(f"config {key} differs: " + ", ".join(f"{m}={v!r}" for m, v in values.items()))
+    sizes = {m: got["report"].get("eval_pairs") for m, got in present.items() if got["report"].get("eval_pairs")}
+    if len({json.dumps(v, sort_keys=True) for v in sizes.values()}) > 1:
+        problems.append("evaluation sets differ in size: " + ", ".join(f"{m} {v}" for m, v in sizes.items()))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _opt(x) -> str | None:
+    return None if x is None else _num(x)
+
+
+def _acc_ci(cell: dict) -> str | None:
+    if cell.get("accuracy") is None:
+        return None
+    ci = cell.get("ci95")
+    return _num(cell["accuracy"]) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci and None not in ci else "")
+
+
+def _majk(cell: dict) -> str | None:
+    return None if cell.get("maj@k") is None else f"{_num(cell['maj@k'])} (k={cell['k']})"
+
+
+def columns() -> list:
+    """(header, row -> cell text or None); a column with no value in any row is left out of the table."""
+    idn, ood = IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
+
+    def at(name, fn):
+        return lambda r: fn(r["sets"][name]) if name in r["sets"] else None
+
+    cols = [("method", lambda r: r["method"] + ("" if r["status"] == "ok" else f" ({r['status']})")),
+            ("eval", lambda r: r["stage"] and f"{r['run']}/{r['stage']}"),
+            ("in-distribution acc [95% CI]", at(idn, _acc_ci)),
+            ("ID maj@1", at(idn, lambda c: _opt(c["maj@1"]))),
+            ("ID maj@k", at(idn, _majk)),
+            ("ID invalid", at(idn, lambda c: _opt(c["invalid_rate"]))),
+            ("RewardBench acc [95% CI]", at(ood, _acc_ci))]
+    cols += [(f"RB {s}", at(ood, lambda c, s=s: _opt(c["sections"].get(s)))) for s in SECTIONS]
+    cols += [("RB maj@1", at(ood, lambda c: _opt(c["maj@1"]))),
+             ("RB maj@k", at(ood, _majk)),
+             ("RB invalid", at(ood, lambda c: _opt(c["invalid_rate"])))]
+    return cols
+
+
+def table(rows_: list[dict]) -> str:
+    cells = [(h, [fn(r) for r in rows_]) for h, fn in columns()]
+    cells = [(h, v) for h, v in cells if h == "method" or any(x is not None for x in v)]
+    lines = ["| " + " | ".join(h for h, _ in cells) + " |", "|" + "---|" * len(cells)]
+    for i in range(len(rows_)):
+        lines.append("| " + " | ".join("n/a" if v[i] is None else str(v[i]) for _, v in cells) + " |")
+    return "\n".join(lines)
+
+
+def footnotes(rows_: list[dict], *, preset: str, model: str | None, eval_pairs: dict | None) -> list[str]:
+    notes = []
+    zero = [r for r in rows_ if r["kind"] == "zero-shot"]
+    if zero:
+        notes.append("Zero-shot rows: the base model" + (f" ({model})" if model else "") + ", before any training, "
+                     "judged by the same judges on the same evaluation sets as the trained methods ("
+                     + "; ".join(f"{r['method']}: {r['run']}/eval_0" for r in zero) + ").")
+    notes.append("Each method's row is its last evaluation (run/stage in the eval column).")
+    sizes = f" ({', '.join(f'{k}: {v} pairs' for k, v in eval_pairs.items())})" if eval_pairs else ""
+    notes.append(f"All runs use preset {preset!r}: the same data config and seed, so the same train / held-out "
+                 f"split and the same evaluation pairs{sizes}.")
+    notes.append("In-distribution: held-out pairs of the training distribution (never trained on); RewardBench "
+                 "(RB): a stratified out-of-distribution sample, sections weighted by RewardBench's example "
+                 "counts, Score = the mean of the sections.")
+    notes.append("maj@k: expected accuracy of a majority vote over k sampled judgments (sampling judges only; "
+                 "n/a for single-judgment and reward-head methods). invalid: share of judgments without a verdict.")
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def plot(rows_: list[dict], path: str, title: str) -> bool:
+    """Grouped bars per method: in-distribution accuracy (95% CI whiskers) and RewardBench (Score when there,
+    else accuracy); a dashed line at 0.5, chance. False when no row has a result."""
+    shown = [r for r in rows_ if r["status"] == "ok" and r["sets"]]
+    if not shown:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def rb(r):
+        c = r["sets"].get(OUT_OF_DISTRIBUTION)
+        return None if c is None else c["sections"].get("Score", c["accuracy"])
+
+    groups = [("in-distribution", lambda r: (r["sets"].get(IN_DISTRIBUTION) or {}).get("accuracy"),
+               lambda r: (r["sets"].get(IN_DISTRIBUTION) or {}).get("ci95"))]
+    if any(rb(r) is not None for r in shown):
+        scored = any("Score" in (r["sets"].get(OUT_OF_DISTRIBUTION) or {}).get("sections", {}) for r in shown)
+        groups.append(("RewardBench" + (" (Score)" if scored else ""), rb, lambda r: None))
+    x = np.arange(len(shown))
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(shown) + 2), 4.2))
+    for g, (label, value, ci) in enumerate(groups):
+        ys = np.array([np.nan if value(r) is None else value(r) for r in shown], float)
+        err = np.zeros((2, len(shown)))
+        for i, r in enumerate(shown):
+            c = ci(r)
+            if c and None not in c and not np.isnan(ys[i]):
+                err[:, i] = [max(0.0, ys[i] - c[0]), max(0.0, c[1] - ys[i])]
+        pos = x - 0.4 + width * (g + 0.5)
+        bars = ax.bar(pos, np.nan_to_num(ys), width, label=label, color=f"C{g}",
+                      yerr=err if err.any() else None, capsize=3)
+        for b, r, y, hi in zip(bars, shown, ys, ys + err[1]):
+            if r["kind"] == "zero-shot":  # the base model: hatched
+                b.set_hatch("//")
+                b.set_edgecolor("white")
+            if not np.isnan(y):
+                ax.text(b.get_x() + b.get_width() / 2, hi + 0.01, f"{y:.2f}", ha="center", va="bottom", fontsize=7)
+    line = ax.axhline(0.5, color="grey", lw=1.0, ls="--")
+    ax.set_xticks(x, [r["method"] for r in shown], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.15)
+    ax.set_title(title + (" (hatched: zero-shot base model)" if any(r["kind"] == "zero-shot" for r in shown) else ""),
+                 fontsize=10)
+    from matplotlib.patches import Patch
+
+    ax.legend([line] + [Patch(color=f"C{g}") for g in range(len(groups))], ["chance"] + [g[0] for g in groups],
+              fontsize=8, loc="upper left", ncol=len(groups) + 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write(workdir: str, rows_: list[dict], *, title: str, notes: Sequence[str], problems: Sequence[str],
+          extra: dict | None = None) -> dict:
+    """ablation.json (strict JSON), ablation.md and ablation.png in `workdir`; returns {"text", paths...}."""
+    paths = {"json": os.path.join(workdir, "ablation.json"), "md": os.path.join(workdir, "ablation.md"),
+             "png": os.path.join(workdir, "ablation.png")}
+    text = f"# {title}\n\n{table(rows_)}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    if problems:
+        text += "\n**Not comparable:**\n" + "\n".join(f"- {p}" for p in problems) + "\n"
+    runs.write_json_atomic(paths["json"], {"title": title, "rows": rows_, "notes": list(notes),
+                                           "problems": list(problems), "consistent": not problems, **(extra or {})})
+    with open(paths["md"], "w") as f:
+        f.write(text)
+    if not plot(rows_, paths["png"], title):
+        paths.pop("png")
+        if os.path.exists(os.path.join(workdir, "ablation.png")):
+            os.remove(os.path.join(workdir, "ablation.png"))
+    return {"text": text, **paths}

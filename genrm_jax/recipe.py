@@ -1,0 +1,211 @@
+"""What every training experiment does around its method: data, evaluation stages, export and the report.
+
+An experiment is config -> these calls -> report:
+
+    run = runs.Run(workdir, c)                       # refuses another config in the same directory
+    train, eval_sets = recipe.data(c.data)           # training pairs, held-out HH-RLHF, a RewardBench sample
+    before = recipe.evaluate(run, "eval_0", judge, eval_sets, c)   # a finished stage is read back, not redone
+    ... the method trains (finetune.fit, or the STaR loop in genrm_jax.star) ...
+    recipe.export(run, params, model)                # <workdir>/export: a Hugging Face directory
+    recipe.write_report(run, rows, title)            # report.json, report.md, accuracy.png; prints the table
+
+The config groups read here: `data` (see `data`), `eval.ks` (maj@k sizes), `seed`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from genrm_jax import evaluation, runs
+from genrm_jax.data import sources, splits
+from genrm_jax.judge import benchmark
+
+IN_DISTRIBUTION = "hh-rlhf-held-out"
+OUT_OF_DISTRIBUTION = "rewardbench"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _take(records: list[dict], n: int | None, seed: int) -> list[dict]:
+    """At most n records chosen by a seeded hash of their ids (input order kept); None or 0 = all."""
+    if not n or n >= len(records):
+        return list(records)
+    keep = set(sorted(range(len(records)), key=lambda i: splits.unit_hash(seed, splits._key(records[i])))[:n])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def data(d, seed: int = 0) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training pairs, {eval set: pairs}) from the config group `d`:
+
+    - `train` "hh-rlhf" (the bundled HH-RLHF files, split by record id into train / held-out with
+      `held_out_fraction`) or a file `train_path` in `train_format` (then `held_out_fraction` of it is held out);
+    - `train_pairs`: at most this many training pairs (seeded; 0 = all);
+    - `held_out_per_subset`: in-distribution evaluation pairs per subset (HH-RLHF split), from the held-out part
+      only, never trained on;
+    - `rewardbench_per_subset`: out-of-distribution RewardBench pairs per subset (0 = no RewardBench set).
+    Bad values raise benchmark.ConfigError naming the field; bad files sources.DataError naming file and line.
+    """
+    frac = float(d.held_out_fraction)
+    if not 0.0 < frac < 1.0:
+        raise benchmark.ConfigError(f"config.data.held_out_fraction: must be in (0, 1), got {d.held_out_fraction!r}")
+    if d.train == "hh-rlhf":
+        pool = [r for s in sources.HH_RLHF_SPLITS for r in sources.load("hh-rlhf", sources.hh_rlhf_path(s))]
+    elif d.train == "file":
+        if not d.train_path or not os.path.exists(d.train_path):
+            raise benchmark.ConfigError(f"config.data.train_path: no such file: {d.train_path!r}")
+        pool = sources.load(d.train_format, d.train_path)
+    else:
+        raise benchmark.ConfigError(f"config.data.train: must be 'hh-rlhf' or 'file', got {d.train!r}")
+    train, held = splits.train_held_out(pool, frac, seed=seed)
+    train = _take(train, d.train_pairs, seed)
+    if not train:
+        raise benchmark.ConfigError("config.data: no training pairs left after the held-out split")
+    sets = {IN_DISTRIBUTION: splits.stratified_sample(held, d.held_out_per_subset, seed=seed)
+            if d.held_out_per_subset else held}
+    if d.rewardbench_per_subset:
+        rb = sources.load("rewardbench", sources.REWARDBENCH)
+        sets[OUT_OF_DISTRIBUTION] = splits.stratified_sample(rb, d.rewardbench_per_subset, seed=seed)
+    return train, sets
+
+
+def parts(records: list[dict], n: int, seed: int = 0) -> list[list[dict]]:
+    """`records` split into n disjoint parts of near-equal size by a seeded hash of the ids (STaR's iterations)."""
+    if n < 1:
+        raise ValueError(f"parts: n must be >= 1, got {n}")
+    order = sorted(range(len(records)), key=lambda i: splits.unit_hash(seed + 7919, splits._key(records[i])))
+    return [[records[i] for i in sorted(order[k::n])] for k in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(run: runs.Run, stage: str, judge, eval_sets: dict[str, list[dict]], *, seed: int = 0,
+             ks: Sequence[int] = (1,), progress: bool = True) -> dict:
+    """{set: evaluation report} of `judge` on every set, as stage `stage` of the run (read back when done).
+    Per-pair judgments go to <workdir>/eval/<stage>/judgments-<set>.jsonl."""
+    if run.done(stage):
+        return run.result(stage)
+    out = {}
+    for name, records in eval_sets.items():
+        path = run.path("eval", stage, f"judgments-{name}.jsonl") if run.main else None
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        out[name] = benchmark.evaluate(judge, records, seed=seed, ks=ks, judgments_path=path, progress=progress)
+        print(benchmark.category_table(f"{stage} {name}", out[name]), flush=True)
+    return run.finish(stage, out)
+
+
+def headline(reports: dict) -> dict:
+    """The numbers of one evaluation that go in tables: accuracy (= maj@1 when sampled), its CI, RewardBench
+    sections, the largest maj@k, invalid rate and position consistency, per set."""
+    row = {}
+    for name, rep in reports.items():
+        row[f"{name}/accuracy"] = rep["accuracy"]
+        row[f"{name}/ci95"] = rep.get("accuracy_ci95")
+        row[f"{name}/invalid_rate"] = rep.get("invalid_rate")
+        if "position_consistency" in rep:
+            row[f"{name}/position_consistency"] = rep["position_consistency"]
+        majk = rep.get("maj_at_k") or {}
+        if majk:
+            k = max(majk, key=int)
+            row[f"{name}/maj@{k}"] = majk[k]["accuracy"]
+        for section, v in (rep.get("sections") or {}).items():
+            row[f"{name}/{section}"] = v
+    return row
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def export(run: runs.Run, params, model, *, head=None) -> str:
+    """The judge as a Hugging Face directory at <workdir>/export (transformers loads it as LlamaForCausalLM;
+    `llm_judge --config.model=<workdir>/export` judges with it); a reward head goes beside it as
+    reward_head.npz. A finished export is not redone."""
+    from genrm_jax.io import hf
+
+    out = run.path("export")
+    if run.done("export"):
+        return out
+    if run.main:
+        tmp = out + ".partial"
+        if os.path.exists(tmp):
+            import shutil
+
+            shutil.rmtree(tmp)
+        hf.save_hf(params, model.config, tmp, tokenizer_dir=model.path)
+        if head is not None:
+            np.savez(os.path.join(tmp, "reward_head.npz"), **{k: np.asarray(v) for k, v in head.items()})
+        if os.path.exists(out):
+            import shutil
+
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    run.finish("export", {"path": out})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of rows (dicts); columns default to every key, in first-seen order."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(run: runs.Run, rows: list[dict], *, title: str, extra: dict | None = None,
+                 columns: Sequence[str] | None = None) -> dict:
+    """report.json (strict JSON: the rows and `extra`), report.md (the table) and accuracy.png (accuracy per
+    row for each evaluation set); prints the table and where everything is. Returns the paths."""
+    paths = {"json": run.path("report.json"), "md": run.path("report.md"), "png": run.path("accuracy.png")}
+    if not run.main:
+        return paths
+    runs.write_json_atomic(paths["json"], {"title": title, "rows": rows, **(extra or {})})
+    text = f"# {title}\n\n{table(rows, columns)}\n"
+    with open(paths["md"], "w") as f:
+        f.write(text)
+    if not _plot(rows, paths["png"], title):
+        paths.pop("png")
+    print(f"\n{text}", flush=True)
+    print("run directory " + run.dir + ": " + ", ".join(os.path.basename(p) for p in paths.values())
+          + ", config.json, metrics.jsonl, stages/" + (", export/" if run.done("export") else ""), flush=True)
+    return paths
+
+
+def _plot(rows: list[dict], path: str, title: str) -> bool:
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.endswith("/accuracy")]
+    if not keys or len(rows) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(rows))
+    for k in keys:
+        ax.plot(x, [r.get(k) if r.get(k) is not None else np.nan for r in rows], marker="o", label=k[:-9])
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [str(r.get("stage", i)) for i, r in enumerate(rows)], rotation=20)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,0 +1,175 @@
+"""The run directory: one experiment's config, finished stages, metrics and resumable JSONL outputs.
+
+    <workdir>/config.json       the resolved config; a second run in the same directory must have the same one
+    <workdir>/stages/<name>.json  one file per finished stage (its result): a rerun skips what is there
+    <workdir>/metrics.jsonl     one line per logged event (training steps, iterations, evaluations)
+
+Resume has three levels: finished stages are skipped by their marker, training resumes from its orbax
+checkpoint (data iterator included), and JSONL outputs skip the record ids already written (`append_jsonl`
+after `read_resumable`). Only the main process (jax.process_index() == 0) writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable
+
+
+class ConfigMismatchError(ValueError):
+    """The directory holds a run with another config; the message names the differing keys."""
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} for every leaf of nested dicts (lists and tuples are leaves)."""
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with NaN/inf as None and numpy scalars/arrays as Python values: `json.dumps(allow_nan=False)` works."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes strict JSON through a temporary file and a rename: a kill never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_main_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------------------------------ resumable JSONL
+
+
+def read_resumable(path: str, key: str = "id") -> dict[str, dict]:
+    """{row[key]: row} of a JSONL file that a killed job may have cut short: an unfinished last line is removed
+    from the file (the job redoes that record). A line that is not JSON with `key` raises, naming file and line."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            f.truncate(end)
+    out: dict[str, dict] = {}
+    for n, line in enumerate(data[:end].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out[row[key]] = row
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a result line with field {key!r} ({e})") from None
+    return out
+
+
+def append_jsonl(f, row: dict) -> None:
+    """One strict-JSON line, flushed: what is on disk is always whole lines plus at most one cut line."""
+    f.write(json.dumps(strict_json(row), ensure_ascii=False, allow_nan=False) + "\n")
+    f.flush()
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(strict_json(row), ensure_ascii=False, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+class Run:
+    """A run directory for `config` (a dict or ConfigDict). Refuses a directory that holds another config."""
+
+    def __init__(self, workdir: str, config: Any, *, main: bool | None = None):
+        self.dir = os.path.abspath(workdir)
+        self.config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        check_config(workdir, self.config)  # before JAX starts: a refusal is the only output
+        self.main = is_main_process() if main is None else main
+        path = self.path("config.json")
+        if not os.path.exists(path) and self.main:
+            write_json_atomic(path, self.config)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def _stage_path(self, name: str) -> str:
+        return self.path("stages", f"{name}.json")
+
+    def done(self, name: str) -> bool:
+        return os.path.exists(self._stage_path(name))
+
+    def result(self, name: str) -> Any:
+        with open(self._stage_path(name)) as f:
+            return json.load(f)
+
+    def finish(self, name: str, result: Any = None) -> Any:
+        """Marks stage `name` finished with its (JSON) result; returns the result as a rerun will read it."""
+        result = strict_json(result if result is not None else {})
+        if self.main:
+            write_json_atomic(self._stage_path(name), result)
+        return result
+
+    def log(self, row: dict) -> None:
+        if self.main:
+            os.makedirs(self.dir, exist_ok=True)
+            with open(self.path("metrics.jsonl"), "a") as f:
+                append_jsonl(f, row)
+
+
+def check_config(workdir: str, config: Any) -> None:
+    """Raises ConfigMismatchError, naming the differing keys, when `workdir` holds a run with another config.
+    Reads only config.json: call it before loading data or starting JAX, so that a refusal is one line."""
+    path = os.path.join(os.path.abspath(workdir), "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    diff = differing_keys(old, strict_json(config.to_dict() if hasattr(config, "to_dict") else dict(config)))
+    if diff:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:12])
+        raise ConfigMismatchError(
+            f"{os.path.abspath(workdir)} holds a run with another config ({len(diff)} differing keys: {shown}). "
+            "Rerun with the same config to resume it, or choose another --workdir.")
+
+
+def differing_keys(old: dict, new: dict) -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} where two configs differ (a missing key shows as None)."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
