@@ -47,20 +47,6 @@ def genrm_records(pairs: list[dict], cut=None, fit=None) -> list[dict]:
     return out
 
 
-def judged_conversation(judge: api.Judge, builder, conv: list[dict], a: str, b: str) -> list[dict] | None:
-    """`conv` cut from the left exactly as `judge` cuts it into its prompt budget (prompts.fit), or None when it
-    cannot judge the pair: the training prompts are then the judge's own, instructions included (the training
-    pipeline would cut the whole prompt from the left, instructions first)."""
-    seen = []
-
-    def build(conversation, *answers):
-        seen.append(conversation)
-        return builder(conversation, *answers)
-
-    fitted = prompts.fit(judge.model.tokenizer, build, conv, a, b, judge.prompt_budget())
-    return seen[-1] if fitted.ids is not None else None  # the last conversation built is the one that fitted
-
-
 def pair_records(pairs: list[dict], cut=None) -> list[dict]:
     """bt / pairrm records: the training pairs themselves."""
     cut = cut or (lambda text: text)
@@ -149,6 +135,10 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
     except (benchmark.ConfigError, sources.DataError, runs.ConfigMismatchError, ValueError) as e:
         cli.fail(e)
 
+    done = recipe.finished(run)
+    if done is not None:
+        return done
+
     trained_on = f"{len(rationales)} rationales" if rationales is not None else f"{len(train)} training pairs"
     print(f"{method}: {trained_on}, " + ", ".join(f"{k} {len(v)} pairs" for k, v in eval_sets.items())
           + f"; run directory {run.dir}", flush=True)
@@ -174,7 +164,7 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
     cut = functools.partial(prompts.truncate, model.tokenizer, max_tokens=judge_cfg.max_answer_tokens)
     sampled = None
     if method == "genrm":
-        records = genrm_records(train, cut, functools.partial(judged_conversation, base_judge, prompts.genrm))
+        records = genrm_records(train, cut, functools.partial(base_judge.fitted_conversation, builder=prompts.genrm))
     elif method in HEAD_METHODS:
         records = pair_records(train, cut)
     elif rationales is not None:
@@ -215,4 +205,4 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
     extra["training_skipped"] = info["data"]["skipped"]
     extra["export"] = recipe.export(run, params, model, head=head)
     recipe.write_report(run, rows, title=f"{method} ({c.preset})", extra=extra)
-    return {"rows": rows, **extra}
+    return run.finish("report", {"rows": rows, **extra})

@@ -15,7 +15,7 @@ import importlib.util
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 _CONFIG_FILE: list[str] = []  # the default config file of the running entry point
@@ -74,7 +74,11 @@ def _parse(argv):
     config_file = _CONFIG_FILE[0]
     try:
         _define_flags(config_file)
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in argv[1:]):
+            # orbax and grain log every checkpoint step at INFO; progress bars and reports say what matters
+            logging.set_verbosity(logging.WARNING)
+        return rest
     except Exception as e:  # noqa: BLE001 -- diagnosed below, re-raised when not a flag problem
         message = unknown_override(argv, config_file)
         if message is None and isinstance(e, (flags.Error, ValueError, KeyError, AttributeError)):

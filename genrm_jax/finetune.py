@@ -20,9 +20,11 @@ import os
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from genrm_jax import losses, train
+from genrm_jax import config_util, losses, train
 from genrm_jax.checkpoint import Checkpointer
 from genrm_jax.data.pipeline import Pipeline
 
@@ -63,15 +65,8 @@ class FinetuneConfig:
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "FinetuneConfig":
-        """From a dict or ConfigDict; an unknown key is an error naming it."""
-        d = {**dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg), **overrides}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown finetune settings {unknown}; expected some of {sorted(names)}")
-        if "buckets" in d:
-            d["buckets"] = tuple(d["buckets"] or ())
-        return cls(**d)
+        """From a dict or ConfigDict (config.train); an unknown key is an error naming it."""
+        return config_util.from_config(cls, cfg, "config.train", **overrides)
 
 
 def _trainable(params, head):
@@ -102,7 +97,9 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
                                 warmup_fraction=cfg.warmup_fraction, max_grad_norm=cfg.max_grad_norm,
                                 total_steps=steps)
     optimizer = train.make_optimizer(opt_cfg)
-    state = train.init_state(_trainable(params, head), optimizer, seed=cfg.seed)
+    # The train step donates its state: train a copy, so the caller's params (the model the STaR loop started
+    # from, the engine's source) stay alive.
+    state = train.init_state(jax.tree.map(jnp.copy, _trainable(params, head)), optimizer, seed=cfg.seed)
     ckpt = Checkpointer(os.path.join(workdir, "ckpt"), every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
     iterator = pipe.iterator()
     start = ckpt.latest_step()

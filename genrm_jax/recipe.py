@@ -155,14 +155,31 @@ def _cell(v) -> str:
         return "n/a"
     if isinstance(v, float):
         return f"{v:.3f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_cell(x) for x in v) + "]"
     return str(v)
 
 
+SHORT = {IN_DISTRIBUTION: "ID", OUT_OF_DISTRIBUTION: "RB"}  # table headers: in-distribution, RewardBench
+SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"{IN_DISTRIBUTION}/position_consistency",
+           f"{OUT_OF_DISTRIBUTION}/accuracy", f"{OUT_OF_DISTRIBUTION}/Chat", f"{OUT_OF_DISTRIBUTION}/Chat Hard",
+           f"{OUT_OF_DISTRIBUTION}/Safety", f"{OUT_OF_DISTRIBUTION}/Reasoning", f"{OUT_OF_DISTRIBUTION}/Score",
+           f"{IN_DISTRIBUTION}/invalid_rate", "pairs_with_correct", "training_records", "train_steps",
+           "train_final_loss")
+
+
+def _header(column: str) -> str:
+    name, _, field = column.partition("/")
+    return f"{SHORT.get(name, name)} {field}".replace("position_consistency", "pos. consistency") if field else name
+
+
 def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    """A markdown table of rows (dicts); columns default to every key, in first-seen order."""
+    """A markdown table of rows (dicts); columns default to the SUMMARY columns present (all of them are in
+    report.json), then any maj@k."""
+    present = list(dict.fromkeys(k for r in rows for k in r))
     if columns is None:
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        columns = [c for c in SUMMARY if c in present] + [c for c in present if "/maj@" in c]
+    lines = ["| " + " | ".join(_header(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -175,7 +192,8 @@ def write_report(run: runs.Run, rows: list[dict], *, title: str, extra: dict | N
     if not run.main:
         return paths
     runs.write_json_atomic(paths["json"], {"title": title, "rows": rows, **(extra or {})})
-    text = f"# {title}\n\n{table(rows, columns)}\n"
+    text = (f"# {title}\n\n{table(rows, columns)}\n\nID: held-out HH-RLHF pairs (in-distribution, never trained "
+            f"on); RB: the RewardBench sample (out of distribution). Every figure is in report.json.\n")
     with open(paths["md"], "w") as f:
         f.write(text)
     if not _plot(rows, paths["png"], title):
@@ -184,6 +202,15 @@ def write_report(run: runs.Run, rows: list[dict], *, title: str, extra: dict | N
     print("run directory " + run.dir + ": " + ", ".join(os.path.basename(p) for p in paths.values())
           + ", config.json, metrics.jsonl, stages/" + (", export/" if run.done("export") else ""), flush=True)
     return paths
+
+
+def finished(run: runs.Run) -> dict | None:
+    """A finished run's report (printed again), or None: a rerun of a finished experiment loads nothing."""
+    if not run.done("report"):
+        return None
+    with open(run.path("report.md")) as f:
+        print(f.read(), flush=True)
+    return run.result("report")
 
 
 def _plot(rows: list[dict], path: str, title: str) -> bool:

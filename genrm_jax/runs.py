@@ -123,7 +123,7 @@ class Run:
         check_config(workdir, self.config)  # before JAX starts: a refusal is the only output
         self.main = is_main_process() if main is None else main
         path = self.path("config.json")
-        if not os.path.exists(path) and self.main:
+        if self.main and (not os.path.exists(path) or _only_config(self.dir)):
             write_json_atomic(path, self.config)
 
     def path(self, *parts: str) -> str:
@@ -157,8 +157,8 @@ def check_config(workdir: str, config: Any) -> None:
     """Raises ConfigMismatchError, naming the differing keys, when `workdir` holds a run with another config.
     Reads only config.json: call it before loading data or starting JAX, so that a refusal is one line."""
     path = os.path.join(os.path.abspath(workdir), "config.json")
-    if not os.path.exists(path):
-        return
+    if not os.path.exists(path) or _only_config(workdir):
+        return  # a run that stopped before writing anything (a bad model path, say) does not bind its directory
     with open(path) as f:
         old = json.load(f)
     diff = differing_keys(old, strict_json(config.to_dict() if hasattr(config, "to_dict") else dict(config)))
@@ -167,6 +167,14 @@ def check_config(workdir: str, config: Any) -> None:
         raise ConfigMismatchError(
             f"{os.path.abspath(workdir)} holds a run with another config ({len(diff)} differing keys: {shown}). "
             "Rerun with the same config to resume it, or choose another --workdir.")
+
+
+def _only_config(workdir: str) -> bool:
+    """Whether `workdir` holds config.json and nothing else but empty folders."""
+    for root, _, files in os.walk(workdir):
+        if any(not (root == os.path.abspath(workdir) and f == "config.json") for f in files):
+            return False
+    return True
 
 
 def differing_keys(old: dict, new: dict) -> dict[str, tuple]:

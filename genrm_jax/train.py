@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from genrm_jax import runtime
+from genrm_jax import config_util, runtime
 from genrm_jax.losses import Loss
 
 
@@ -52,12 +52,7 @@ class OptimConfig:
     @classmethod
     def from_config(cls, cfg) -> "OptimConfig":
         """From a dict or ml_collections.ConfigDict; unknown keys are an error, not silently ignored."""
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown optimiser settings {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return config_util.from_config(cls, cfg, "optimiser")
 
 
 def _decay_mask(params):
@@ -66,8 +61,11 @@ def _decay_mask(params):
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
-    """Linear warm-up over `warmup_fraction` of the steps, then cosine decay to `final_lr_fraction` x peak."""
-    warmup = max(1, int(round(cfg.warmup_fraction * cfg.total_steps))) if cfg.warmup_fraction > 0 else 0
+    """Linear warm-up over `warmup_fraction` of the steps (from lr 0 at step 0; none when that rounds to 0
+    steps), then cosine decay to `final_lr_fraction` x peak."""
+    # A warm-up shorter than one step is none: forcing one would make a 1-step fit (a small STaR iteration)
+    # take its only step at lr 0.
+    warmup = int(round(cfg.warmup_fraction * cfg.total_steps))
     end = cfg.learning_rate * cfg.final_lr_fraction
     if warmup:
         return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.total_steps, warmup + 1),

@@ -6,6 +6,9 @@ import pytest
 # unless GENRM_JAX_TEST_HOME points at a persistent one (make test sets it to reuse the conversion).
 os.environ.setdefault("GENRM_JAX_HOME", os.environ.get("GENRM_JAX_TEST_HOME", "/tmp/genrm_jax_test_home"))
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# Compiled executables are cached across the test session's processes (experiments run as subprocesses on the
+# tiny model compile the same train steps and kernels again and again).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["GENRM_JAX_HOME"], "jax-compilation-cache"))
 
 from genrm_jax.models import llama  # noqa: E402
 

@@ -93,7 +93,7 @@ def test_genrm_loss_is_on_the_verdict_token_only():
 def test_genrm_prompts_are_cut_as_the_judge_cuts_them():
     from types import SimpleNamespace
 
-    from genrm_jax.judge import prompts
+    from genrm_jax.judge import api, prompts
 
     tok = CharTokenizer()
     conv = [{"role": "user", "content": "x" * 300}, {"role": "assistant", "content": "y" * 300},
@@ -101,7 +101,7 @@ def test_genrm_prompts_are_cut_as_the_judge_cuts_them():
     full = len(prompts.render(tok, prompts.genrm(conv, "Seven.", "Nine.")))
     budget = full - 400
     judge = SimpleNamespace(model=SimpleNamespace(tokenizer=tok), prompt_budget=lambda: budget)
-    fit = functools.partial(baselines.judged_conversation, judge, prompts.genrm)
+    fit = functools.partial(api.Judge.fitted_conversation, judge, builder=prompts.genrm)
     recs = baselines.genrm_records([{**PAIR, "prompt": conv}], fit=fit)
     assert [r["target"] for r in recs] == ["A", "B"]
     for r, (a, b) in zip(recs, [("Seven.", "Nine."), ("Nine.", "Seven.")]):

@@ -305,6 +305,8 @@ def test_forced_verdicts_read_the_label_probabilities(tiny, temperature):
                 assert j.votes[i, o, k] == (api.VOTE_A if (shown == "A") == (o == 0) else api.VOTE_B)
                 if temperature == 0.0:
                     assert shown == ("A" if p_shown_a >= 0.5 else "B")
+        # P(A) of a forced-verdict judge is the expected vote: the mean of its judgments' label probabilities
+        assert j.p_a[i] == pytest.approx(np.mean(j.sample_p_a[i]), abs=1e-12)
     alone = judge.compare([CONV], a[1:], b[1:])
     assert alone.rationales[0] == j.rationales[1] and (alone.votes[0] == j.votes[1]).all()
 

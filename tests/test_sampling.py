@@ -1,6 +1,7 @@
 """Sampling engine: exactness against the full forward pass and Hugging Face, sampling statistics,
 compilation reuse, seeds, shared prefill, stop strings, and the resumable batch runner."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -281,7 +282,9 @@ def run_generate_cli(model_dir, inp, out, *extra):
     cmd = [sys.executable, "-m", "genrm_jax.generate", "--model", model_dir, "--input", str(inp), "--output",
            str(out), "--n", "2", "--top-p", "0.95", "--max-new-tokens", "24", "--max-batch", "4", "--seed", "3",
            *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # no shared compilation cache: this process gets killed, perhaps while writing an entry
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_generate_cli_killed_and_resumed_equals_uninterrupted(tmp_path_factory, tmp_path):
@@ -354,8 +357,8 @@ def test_embedded_model_samples_do_not_depend_on_the_batch(smollm):
     prompts = [chat_ids(smollm.tokenizer, [{"role": "user", "content": q}]) for q in questions]
     eng = sampling.Engine(smollm, max_batch=32)
     for top_k, top_p in [(0, 0.95), (0, 1.0), (50, 0.95)]:
-        sp = sampling.SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, max_new_tokens=12, n=2,
+        sp = sampling.SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, max_new_tokens=8, n=2,
                                      ignore_eos=True, seed=0)
-        alone, batched = samples_alone_and_in_batches(eng, prompts, sp, (4, 6, 12))
+        alone, batched = samples_alone_and_in_batches(eng, prompts, sp, (5, 12))  # 10 and 24 rows
         for size, got in batched.items():
             assert got == alone, f"top_k={top_k} top_p={top_p}: batch of {size} prompts differs from alone"

@@ -76,8 +76,11 @@ def test_optimizer_defaults_follow_the_paper():
         steps.append(float(jnp.abs(u["norm"][0])))
     assert steps[0] == 0.0 and steps[10] > steps[5] > 0
     assert steps[10] == pytest.approx(1e-6, rel=1e-3)
-    with pytest.raises(ValueError, match="unknown optimiser settings"):
+    with pytest.raises(ValueError, match="optimiser: unknown settings"):
         train.OptimConfig.from_config({"lr": 1e-5})
+    # a fit too short for one warm-up step starts at the peak: its steps are not wasted at lr 0
+    short = train.learning_rate_schedule(train.OptimConfig(learning_rate=1e-5, total_steps=2))
+    assert float(short(0)) == pytest.approx(1e-5) and 0 < float(short(1)) < 1e-5
 
 
 def test_weight_decay_skips_norms():

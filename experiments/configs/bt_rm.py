@@ -15,6 +15,4 @@ def get_config(arg: str | None = None):
     if preset == "default":
         c.data.train_pairs = 64
         c.train.buckets = (128, 256, 448)  # a conversation and one answer: mostly short sequences
-    if preset in ("default", "small"):
-        c.train.learning_rate = 1e-5  # the head starts from scratch; 1e-6 (the paper's, for 8B) barely moves it
     return c

@@ -20,6 +20,4 @@ def get_config(arg: str | None = None):
         c.train.update(max_len=336, buckets=(336,))
     if preset == "paper":
         c.judge.max_prompt_tokens = c.train.max_len - 2  # the judge's prompts fit the training sequences whole
-    if preset in ("default", "small"):
-        c.train.learning_rate = 1e-5  # 135M model, tens of steps: 1e-6 (the paper's, for 8B) barely moves it
     return c

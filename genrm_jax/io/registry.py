@@ -47,8 +47,9 @@ def registered_gguf(name: str) -> str:
     return path
 
 
-def _converted(gguf_path: str, cache_dir: str) -> str:
-    """Converts once; a finished conversion is marked by its directory existing (written via rename).
+def _cached(cache_dir: str, write) -> str:
+    """`write(tmp_dir)` once into the cache; a finished entry is marked by its directory existing (written via
+    rename, so a killed conversion leaves nothing half done).
 
     The directory and its files get the modes of the process umask (0755 / 0644 under the usual 022), not the
     0700 of mkdtemp, so that a cache shared between users can be read by all of them.
@@ -56,9 +57,9 @@ def _converted(gguf_path: str, cache_dir: str) -> str:
     if os.path.exists(os.path.join(cache_dir, "config.json")):
         return cache_dir
     os.makedirs(os.path.dirname(cache_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".converting-", dir=os.path.dirname(cache_dir))
+    tmp = tempfile.mkdtemp(prefix=".writing-", dir=os.path.dirname(cache_dir))
     try:
-        gguf_io.convert_gguf(gguf_path, tmp)
+        write(tmp)
         hf.apply_umask(tmp)
         try:
             os.rename(tmp, cache_dir)
@@ -68,29 +69,19 @@ def _converted(gguf_path: str, cache_dir: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
+
+
+def _converted(gguf_path: str, cache_dir: str) -> str:
+    return _cached(cache_dir, lambda tmp: gguf_io.convert_gguf(gguf_path, tmp))
 
 
 TINY_MODEL = "tiny-random"  # a random 2-layer Llama with a byte tokenizer (genrm_jax.io.tiny): smoke runs, tests
 
 
 def _tiny(cache_dir: str) -> str:
-    if os.path.exists(os.path.join(cache_dir, "config.json")):
-        return cache_dir
     from genrm_jax.io import tiny
 
-    os.makedirs(os.path.dirname(cache_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".creating-", dir=os.path.dirname(cache_dir))
-    try:
-        tiny.make_model_dir(tmp)
-        hf.apply_umask(tmp)
-        try:
-            os.rename(tmp, cache_dir)
-        except OSError:  # another process finished first
-            if not os.path.exists(os.path.join(cache_dir, "config.json")):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cache_dir
+    return _cached(cache_dir, tiny.make_model_dir)
 
 
 def resolve(name_or_path: str) -> str:

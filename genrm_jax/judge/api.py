@@ -57,7 +57,8 @@ class JudgeConfig:
     position: str = "fixed"
     verdict: str = "parse"         # cot: "parse" the verdict from the text (the paper), or "force" it: when the
                                    # rationale ends, append the verdict prefix and read P(A) from the next-token
-                                   # probabilities of the two labels (a verdict every time; see `_force`)
+                                   # probabilities of the two labels (a verdict every time; see `_force`); then
+                                   # P(A) is the mean of those probabilities, votes the drawn verdicts
     max_prompt_tokens: int | None = None  # cot / genrm: fit prompts to this many tokens (the conversation is
                                           # cut from the left) even when the context allows more
     seed: int = 0
@@ -184,6 +185,22 @@ class Judge:
         cap = self.config.max_prompt_tokens
         return room if cap is None else min(room, cap)
 
+    def fitted_conversation(self, conversation: list[dict], answer_a: str, answer_b: str, builder=None
+                            ) -> list[dict] | None:
+        """`conversation` cut from the left exactly as this judge cuts it into its prompt budget (prompts.fit),
+        or None when the pair cannot be judged. Training records built on it are the judge's own prompts,
+        instructions included (the training pipeline, cutting a too-long prompt from the left, would cut the
+        instructions first)."""
+        builder = builder or (prompts.genrm if self.config.method == "genrm" else prompts.PAIRWISE[self.config.prompt])
+        seen = []
+
+        def build(conv, *answers):
+            seen.append(conv)
+            return builder(conv, *answers)
+
+        fitted = prompts.fit(self.model.tokenizer, build, conversation, answer_a, answer_b, self.prompt_budget())
+        return seen[-1] if fitted.ids is not None else None  # the last conversation built is the one that fitted
+
     # ------------------------------------------------------------------------------------------------ API
 
     def compare(self, conversations: Sequence[list[dict]], answers_a: Sequence[str], answers_b: Sequence[str],
@@ -281,7 +298,13 @@ class Judge:
                     rationales[i].append(text)
                     if v is not None:  # map the shown label back to the caller's
                         votes[i, o, j] = VOTE_A if (v == "A") != flip else VOTE_B
-        return Judgment(vote_p_a(votes, cfg.invalid_score), votes, swapped, rationales, skipped, truncated, sample_p)
+        p_a = vote_p_a(votes, cfg.invalid_score)
+        if cfg.verdict == "force" and judged:
+            # the expected vote: the judgments' label probabilities, averaged over samples and both orders. A
+            # position-biased judge (the 135M model says "B" to nearly everything) still ranks the two answers
+            # by how much its P(A) moves when they swap places, where its drawn votes would tie at 0.5.
+            p_a[judged] = np.nanmean(sample_p[judged].reshape(len(judged), -1), axis=1)
+        return Judgment(p_a, votes, swapped, rationales, skipped, truncated, sample_p)
 
     def _force(self, prompt_ids, outs, style):
         """Forced verdicts: for each judgment, the rationale (its text up to where it began a verdict) plus the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from genrm_jax import finetune, recipe, runs
+from genrm_jax import config_util, finetune, recipe, runs
 from genrm_jax.judge import api
 from genrm_jax.star import sample as sampling
 from genrm_jax.star import select
@@ -57,12 +57,7 @@ class StarConfig:
 
     @classmethod
     def from_config(cls, cfg) -> "StarConfig":
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config.star: unknown fields {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return config_util.from_config(cls, cfg, "config.star")
 
     def loss(self) -> str:
         return METHODS[self.method] or self.rationalizer_loss
@@ -117,7 +112,8 @@ def run_loop(run: runs.Run, model, engine, star: StarConfig, ft: finetune.Finetu
         run.log({"event": "sampled", "iteration": t, **runs.flatten(summary)})
         if not records:
             stopped = (f"iteration {t}: nothing to train on ({summary}); "
-                       + ("no pair had both a correct and an incorrect judgment in the same answer order" if ft.kind in ("dpo", "ipo")
+                       + ("no pair had both a correct and an incorrect judgment in the same answer order"
+                          if ft.kind in ("dpo", "ipo")
                           else "no judgment was correct") + ": the loop stops here")
             print(stopped, flush=True)
             break
@@ -153,6 +149,11 @@ def experiment(c, workdir: str, *, progress: bool = True) -> dict:
         benchmark.check_engine(c)
         ks = benchmark.check_ks(c.eval.ks)
         runs.check_config(workdir, c)  # before the data loader logs anything: a refusal is one line
+        if judge_cfg.max_prompt_tokens and ft.max_len < judge_cfg.max_prompt_tokens + star.max_new_tokens + 8:
+            raise benchmark.ConfigError(
+                f"config.train.max_len: {ft.max_len} cannot hold a judge prompt (config.judge.max_prompt_tokens="
+                f"{judge_cfg.max_prompt_tokens}) plus a judgment (config.star.max_new_tokens={star.max_new_tokens} "
+                "and the verdict): training would cut the judge's instructions")
         train, eval_sets = recipe.data(c.data, c.seed)
         if len(train) < star.parts:
             raise benchmark.ConfigError(f"config.data.train_pairs: {len(train)} training pairs cannot make "
@@ -160,6 +161,10 @@ def experiment(c, workdir: str, *, progress: bool = True) -> dict:
         run = runs.Run(workdir, c)
     except (benchmark.ConfigError, sources.DataError, runs.ConfigMismatchError, ValueError) as e:
         cli.fail(e)
+
+    done = recipe.finished(run)
+    if done is not None:
+        return done
 
     from genrm_jax.io import load_model
     from genrm_jax.sampling import Engine
@@ -174,4 +179,4 @@ def experiment(c, workdir: str, *, progress: bool = True) -> dict:
     extra = {"method": star.method, "preset": c.preset, "verdict_mode": star.verdict, "stopped": stopped,
              "export": export, "training_pairs": len(train), "eval_pairs": {k: len(v) for k, v in eval_sets.items()}}
     recipe.write_report(run, rows, title=f"{star.method} ({c.preset}, verdict mode: {star.verdict})", extra=extra)
-    return {"rows": rows, **extra}
+    return run.finish("report", {"rows": rows, **extra})

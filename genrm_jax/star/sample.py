@@ -1,7 +1,7 @@
 """Judgments for the STaR loop: N per pair, half in each answer order, appended to JSONL one line per pair.
 
-Each line: {"id": pair key, "conversation", "chosen", "rejected" (answers as shown, cut to the judge's
-max_answer_tokens), "subset", "hinted", "skipped" (reason or null), "truncated", "judgments": [{"order",
+Each line: {"id": pair key, "conversation" (as the judge saw it: cut from the left to its prompt budget),
+"chosen", "rejected" (answers as shown, cut to the judge's max_answer_tokens), "subset", "hinted", "skipped" (reason or null), "truncated", "judgments": [{"order",
 "chosen_first", "sample", "text" (rationale and verdict), "p_chosen", "verdict" ("chosen" | "rejected" | null),
 "correct"}]}. Order 0 shows the chosen answer as A, order 1 as B. A rerun skips the pairs already written and,
 sampling being independent of the batch, writes the same judgments an uninterrupted run would.
@@ -57,9 +57,12 @@ def sample(judge: api.Judge, records: list[dict], path: str, *, hinted: bool = F
 
 def _line(judge, r: dict, j: api.Judgment, i: int, hinted: bool) -> dict:
     tok, cfg = judge.model.tokenizer, judge.config
-    out = {"id": pair_key(r), "conversation": r["prompt"],
-           "chosen": prompts.truncate(tok, r["chosen"], cfg.max_answer_tokens),
-           "rejected": prompts.truncate(tok, r["rejected"], cfg.max_answer_tokens),
+    chosen = prompts.truncate(tok, r["chosen"], cfg.max_answer_tokens)
+    rejected = prompts.truncate(tok, r["rejected"], cfg.max_answer_tokens)
+    # the conversation as the judge saw it (cut from the left to its budget): training records rebuilt from it
+    # are the judge's own prompts, instructions included
+    conversation = judge.fitted_conversation(r["prompt"], chosen, rejected, builder=prompts.judge) or r["prompt"]
+    out = {"id": pair_key(r), "conversation": conversation, "chosen": chosen, "rejected": rejected,
            "subset": r.get("subset", ""), "hinted": hinted, "skipped": j.skipped.get(i),
            "truncated": bool(j.truncated[i]) if len(j.truncated) else False, "judgments": []}
     if i in j.skipped:
