@@ -122,7 +122,8 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
         judge_cfg = benchmark.judge_config(c.judge, **overrides)
         benchmark.check_engine(c)
         ks = benchmark.check_ks(c.eval.ks)
-        train, eval_sets = recipe.data(c.data, c.seed)
+        data_skipped: list = []
+        train, eval_sets = recipe.data(c.data, c.seed, data_skipped)
         rationales = star = None
         if method == "cot_genrm":
             if judge_cfg.prompt != "judge":  # rationales (read or sampled) are written for the judge prompt
@@ -174,7 +175,8 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
     if run.main:
         runs.write_jsonl(run.path("train.jsonl"), records)
 
-    extra = {"method": method, "preset": c.preset, "training_pairs": len(train), "training_records": len(records),
+    extra = {"method": method, "preset": c.preset, "data_rows_skipped": recipe.skip_counts(data_skipped),
+             "training_pairs": len(train), "training_records": len(records),
              "eval_pairs": {k: len(v) for k, v in eval_sets.items()}}
     if method == "cot_genrm":
         extra["rationales"] = c.data.rationales_path or "sampled with the label as a hint (one Rationalizer round)"

@@ -37,7 +37,25 @@ def _take(records: list[dict], n: int | None, seed: int) -> list[dict]:
     return [r for i, r in enumerate(records) if i in keep]
 
 
-def data(d, seed: int = 0) -> tuple[list[dict], dict[str, list[dict]]]:
+def _load(fmt: str, path: str, skipped: list | None) -> list[dict]:
+    out = sources.read(fmt, path)
+    if out.skipped:
+        sources.log.warning("%s: skipped %d of %d rows: %s", path, len(out.skipped), out.rows,
+                            sources.skipped_summary(out.skipped))
+        if skipped is not None:
+            skipped.extend(out.skipped)
+    return out.records
+
+
+def skip_counts(skipped: list) -> dict[str, int]:
+    """{reason: rows} of the rows the data files could not give as pairs (for the report)."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return counts
+
+
+def data(d, seed: int = 0, skipped: list | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
     """(training pairs, {eval set: pairs}) from the config group `d`:
 
     - `train` "hh-rlhf" (the bundled HH-RLHF files, split by record id into train / held-out with
@@ -47,16 +65,18 @@ def data(d, seed: int = 0) -> tuple[list[dict], dict[str, list[dict]]]:
       only, never trained on;
     - `rewardbench_per_subset`: out-of-distribution RewardBench pairs per subset (0 = no RewardBench set).
     Bad values raise benchmark.ConfigError naming the field; bad files sources.DataError naming file and line.
+    Rows that cannot be pairs (empty or identical answers, ...) are skipped, logged with their lines and, given
+    a `skipped` list, appended to it (sources.Skipped) so the report can count them.
     """
     frac = float(d.held_out_fraction)
     if not 0.0 < frac < 1.0:
         raise benchmark.ConfigError(f"config.data.held_out_fraction: must be in (0, 1), got {d.held_out_fraction!r}")
     if d.train == "hh-rlhf":
-        pool = [r for s in sources.HH_RLHF_SPLITS for r in sources.load("hh-rlhf", sources.hh_rlhf_path(s))]
+        pool = [r for s in sources.HH_RLHF_SPLITS for r in _load("hh-rlhf", sources.hh_rlhf_path(s), skipped)]
     elif d.train == "file":
         if not d.train_path or not os.path.exists(d.train_path):
             raise benchmark.ConfigError(f"config.data.train_path: no such file: {d.train_path!r}")
-        pool = sources.load(d.train_format, d.train_path)
+        pool = _load(d.train_format, d.train_path, skipped)
     else:
         raise benchmark.ConfigError(f"config.data.train: must be 'hh-rlhf' or 'file', got {d.train!r}")
     train, held = splits.train_held_out(pool, frac, seed=seed)
@@ -66,7 +86,7 @@ def data(d, seed: int = 0) -> tuple[list[dict], dict[str, list[dict]]]:
     sets = {IN_DISTRIBUTION: splits.stratified_sample(held, d.held_out_per_subset, seed=seed)
             if d.held_out_per_subset else held}
     if d.rewardbench_per_subset:
-        rb = sources.load("rewardbench", sources.REWARDBENCH)
+        rb = _load("rewardbench", sources.REWARDBENCH, skipped)
         sets[OUT_OF_DISTRIBUTION] = splits.stratified_sample(rb, d.rewardbench_per_subset, seed=seed)
     return train, sets
 

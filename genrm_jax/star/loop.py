@@ -154,7 +154,8 @@ def experiment(c, workdir: str, *, progress: bool = True) -> dict:
                 f"config.train.max_len: {ft.max_len} cannot hold a judge prompt (config.judge.max_prompt_tokens="
                 f"{judge_cfg.max_prompt_tokens}) plus a judgment (config.star.max_new_tokens={star.max_new_tokens} "
                 "and the verdict): training would cut the judge's instructions")
-        train, eval_sets = recipe.data(c.data, c.seed)
+        data_skipped: list = []
+        train, eval_sets = recipe.data(c.data, c.seed, data_skipped)
         if len(train) < star.parts:
             raise benchmark.ConfigError(f"config.data.train_pairs: {len(train)} training pairs cannot make "
                                         f"{star.parts} parts (config.star.parts)")
@@ -177,6 +178,7 @@ def experiment(c, workdir: str, *, progress: bool = True) -> dict:
                                      ks=ks, progress=progress)
     export = recipe.export(run, params, model)
     extra = {"method": star.method, "preset": c.preset, "verdict_mode": star.verdict, "stopped": stopped,
+             "data_rows_skipped": recipe.skip_counts(data_skipped),
              "export": export, "training_pairs": len(train), "eval_pairs": {k: len(v) for k, v in eval_sets.items()}}
     recipe.write_report(run, rows, title=f"{star.method} ({c.preset}, verdict mode: {star.verdict})", extra=extra)
     return run.finish("report", {"rows": rows, **extra})
