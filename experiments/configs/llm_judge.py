@@ -8,6 +8,9 @@ Presets:
   genrm    GenRM verdict-token probabilities only, on a larger stratified sample.
   majk     32 sampled verdicts per pair (temperature 1): maj@k curves for k = 1 ... 32 with 95% CIs.
   hh       the CoT judge on the four bundled HH-RLHF test splits (stratified by split).
+  smoke    the tiny random model on 4 RewardBench pairs: seconds, for tests.
+  small    10 pairs per RewardBench subset, 4 sampled judgments per order with forced verdicts, maj@1/2/4.
+  paper    a local Llama-3.1-8B-Instruct (--config.model=/path/to/it) on all of RewardBench, maj@32.
 
 Any preset takes a file in the generic JSONL format instead of the bundled data:
   python -m experiments.llm_judge --workdir DIR --config.eval.path=FILE.jsonl --config.eval.limit=N
@@ -62,6 +65,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "hh":
         c.eval.dataset = "hh-rlhf"
         c.eval.per_subset = 12
+    elif preset == "smoke":  # the tiny random model: seconds, for tests
+        c.model = "tiny-random"
+        c.judge.update(max_new_tokens=8, max_answer_tokens=16)
+        c.eval.limit = 4
+    elif preset == "small":  # the scale of the training experiments' `small` preset, with sampled maj@k
+        c.judge.update(k=4, temperature=1.0, top_p=0.95, max_new_tokens=128, position="both", verdict="force")
+        c.eval.per_subset = 10
+        c.eval.ks = (1, 2, 4)
+    elif preset == "paper":  # a local Llama-3.1-8B-Instruct (--config.model=/path) on all of RewardBench, maj@32
+        c.model = ""
+        c.judge.update(k=32, temperature=1.0, top_p=0.95, max_new_tokens=1024, max_answer_tokens=None)
+        c.engine.max_batch = 32
+        c.eval.per_subset = 0
     else:
-        raise ValueError(f"unknown preset {preset!r}; expected default, full, genrm, majk or hh")
+        raise ValueError(f"unknown preset {preset!r}; expected default, full, genrm, majk, hh, smoke, small or paper")
     return c
