@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from genrm_jax import sampling
+from genrm_jax import runtime, sampling
 from genrm_jax.io import load_model
 from genrm_jax.tokenizer import chat_ids
 from experiments.machine import matmul_peak_flops, memory_bandwidth
@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
     ap.add_argument("--cache-dtype", default="float32", choices=("float32", "bfloat16"))
     args = ap.parse_args(argv)
+    runtime.apply()  # an entry point: XLA:CPU's allocator and dispatch settings, before any JAX computation
     names = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in names if w not in WORKLOADS]
     if unknown:

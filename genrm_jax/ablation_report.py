@@ -111,6 +111,10 @@ def rows(loaded: dict[str, dict | None], methods: Sequence[str], *,
     for m in methods:
         got = loaded.get(m)
         evals = eval_rows(got["report"]) if got else []
+        if got and m not in failures and got["report"].get("method") == "self_rationalization" and evals:
+            # one row per judge it reports: J_SFT, the baselines and each iteration, pairwise and pointwise
+            out += [summarize(f"{r.get('method')} ({r.get('judge')})", "trained", m, r, got["stages"]) for r in evals]
+            continue
         if m in failures or not evals:
             out.append(missing(m, "trained", m, failures.get(m) or
                                ("no report.json" if not got else "report.json has no evaluation row")))
@@ -130,11 +134,15 @@ def consistency(loaded: dict[str, dict | None], preset: str) -> list[str]:
     flat = {m: runs.flatten(got["config"]) for m, got in present.items() if got["config"] is not None}
     for key in SPLIT_KEYS:
         values = {m: f.get(key) for m, f in flat.items()}
+        if key == "data.rewardbench_per_subset":  # 0 = no RewardBench set: comparable on the sets it has
+            values = {m: v for m, v in values.items() if v}
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             problems.append(f"config {key} differs: " + ", ".join(f"{m}={v!r}" for m, v in values.items()))
     sizes = {m: got["report"].get("eval_pairs") for m, got in present.items() if got["report"].get("eval_pairs")}
-    if len({json.dumps(v, sort_keys=True) for v in sizes.values()}) > 1:
-        problems.append("evaluation sets differ in size: " + ", ".join(f"{m} {v}" for m, v in sizes.items()))
+    for name in sorted({s for v in sizes.values() for s in v}):  # each set, among the runs that evaluated it
+        have = {m: v[name] for m, v in sizes.items() if name in v}
+        if len(set(have.values())) > 1:
+            problems.append(f"evaluation set {name} differs in size: " + ", ".join(f"{m} {n}" for m, n in have.items()))
     return problems
 
 

@@ -111,10 +111,9 @@ def sampled_rationales(run, model, engine, star, judge_cfg, train, seed, progres
 def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
     """One baseline from its config (experiments/configs/<method>.py): checks the config and data before the
     model loads, evaluates the base judge, fine-tunes once, evaluates again, exports, writes the report."""
-    from genrm_jax import cli
     from genrm_jax.judge import benchmark
 
-    try:
+    def prepare():
         if method not in LOSS:
             raise ValueError(f"unknown baseline {method!r}; expected one of {', '.join(LOSS)}")
         ft = finetune.FinetuneConfig.from_config(c.train, kind=LOSS[method])
@@ -122,8 +121,8 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
         judge_cfg = benchmark.judge_config(c.judge, **overrides)
         benchmark.check_engine(c)
         ks = benchmark.check_ks(c.eval.ks)
-        data_skipped: list = []
-        train, eval_sets = recipe.data(c.data, c.seed, data_skipped)
+        skipped: list = []
+        train, eval_sets = recipe.data(c.data, c.seed, skipped)
         rationales = star = None
         if method == "cot_genrm":
             if judge_cfg.prompt != "judge":  # rationales (read or sampled) are written for the judge prompt
@@ -132,13 +131,13 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
             star = rationale_sampling(c)
             if c.data.rationales_path:
                 rationales = read_rationales(c.data.rationales_path)
-        run = runs.Run(workdir, c)
-    except (benchmark.ConfigError, sources.DataError, runs.ConfigMismatchError, ValueError) as e:
-        cli.fail(e)
+        recipe.check_memory(c, ft, held_copies=1)
+        return ft, judge_cfg, ks, train, eval_sets, skipped, rationales, star, recipe.mesh(c)
 
-    done = recipe.finished(run)
+    run, prepared, done = recipe.open_run(c, workdir, prepare)
     if done is not None:
         return done
+    ft, judge_cfg, ks, train, eval_sets, data_skipped, rationales, star, mesh = prepared
 
     trained_on = f"{len(rationales)} rationales" if rationales is not None else f"{len(train)} training pairs"
     print(f"{method}: {trained_on}, " + ", ".join(f"{k} {len(v)} pairs" for k, v in eval_sets.items())
@@ -146,17 +145,15 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
 
     import jax
 
-    from genrm_jax.io import load_model
     from genrm_jax.models import heads
-    from genrm_jax.sampling import Engine
 
-    model = load_model(c.model)
+    model = recipe.load(c, mesh)
     engine = head = None
     if method in HEAD_METHODS:
         head = heads.init(jax.random.PRNGKey(c.seed), model.config)
         rows = [{"stage": "eval_0", "note": "not evaluated: an untrained reward head scores at random"}]
     else:
-        engine = Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype)
+        engine = recipe.engine(c, model, mesh)
         base_judge = api.Judge(model, judge_cfg, engine=engine)
         before = recipe.evaluate(run, "eval_0", base_judge, eval_sets, seed=c.seed, ks=ks, progress=progress)
         rows = [{"stage": "eval_0", **recipe.headline(before)}]
@@ -175,7 +172,7 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
     if run.main:
         runs.write_jsonl(run.path("train.jsonl"), records)
 
-    extra = {"method": method, "preset": c.preset, "data_rows_skipped": recipe.skip_counts(data_skipped),
+    extra = {"mesh": dict(mesh.shape) if mesh is not None else None, "method": method, "preset": c.preset, "data_rows_skipped": recipe.skip_counts(data_skipped),
              "training_pairs": len(train), "training_records": len(records),
              "eval_pairs": {k: len(v) for k, v in eval_sets.items()}}
     if method == "cot_genrm":
@@ -191,7 +188,7 @@ def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
         return {"rows": rows, **extra}
 
     trained, info = finetune.fit(model.params, records, ft, model.config, model.tokenizer, run.path("train"),
-                                 head=head, progress=progress)
+                                 head=head, progress=progress, mesh=mesh)
     if not run.done("train"):
         run.log({"event": "trained", "steps": info["steps"], "final_loss": info["final_loss"]})
     info = run.result("train") if run.done("train") else run.finish("train", info)  # a rerun reports the first fit

@@ -7,7 +7,8 @@ overrides, `--workdir DIR`.
 Flag mistakes are one line on stderr and exit status 2, not ml_collections' chained tracebacks: an unknown
 `--config.KEY` names the key and the fields that exist. `fail(error)` does the same for a config or data error
 found before the model loads. On CPU, `run` applies the allocator and dispatch settings of `genrm_jax.runtime`
-before JAX starts (an entry point's choice, not a side effect of importing the library).
+before JAX starts (an entry point's choice, not a side effect of importing the library), then connects the
+processes of a multi-host run (`distributed.initialize`).
 """
 from __future__ import annotations
 
@@ -108,8 +109,9 @@ def workdir() -> str:
 
 def run(main, config_file: str) -> None:
     """absl's app.run with one-line flag errors; `main(argv)` reads `config()` and `workdir()`."""
-    from genrm_jax import runtime
+    from genrm_jax import distributed, runtime
 
     runtime.apply()  # idempotent; issue #18 moves it here from `import genrm_jax`
+    distributed.initialize()  # multi-host: connect the processes before anything touches a device
     _CONFIG_FILE[:] = [config_file]
     app.run(main, flags_parser=_parse)

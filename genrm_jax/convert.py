@@ -48,6 +48,9 @@ def convert(src: str, dst: str, dtype: str = "float32") -> str:
 
 
 def main(argv=None) -> int:
+    from genrm_jax import runtime
+
+    runtime.apply()  # an entry point: the CPU allocator and dispatch settings (genrm_jax/runtime.py)
     p = argparse.ArgumentParser(prog="python -m genrm_jax.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="registered name, .gguf file or Hugging Face directory")
     p.add_argument("dst", help="output directory (Hugging Face format)")

@@ -273,3 +273,23 @@ def to_chosen(p_a: np.ndarray, votes: np.ndarray, a_is_chosen: np.ndarray) -> tu
     v = np.asarray(votes)
     flip = ~a_is_chosen.reshape((-1,) + (1,) * (v.ndim - 1))
     return p, np.where((v != -1) & flip, 1 - v, v).astype(np.int8)
+
+
+# ------------------------------------------------------------------------------------------- pointwise
+
+
+def pointwise_report(pred: Sequence[float | None], gold: Sequence[int]) -> dict:
+    """Scores 1-5 against gold scores: exact-score accuracy, mean absolute error and Pearson correlation over
+    the scored items (`unscored`: items with no score), and the histogram of rounded (predicted - gold),
+    -4..4 (Trivedi et al., Figure 5). Pearson is None when either side is constant."""
+    if len(pred) != len(gold):
+        raise ValueError(f"{len(pred)} predicted scores for {len(gold)} gold scores")
+    pairs = [(float(p), float(g)) for p, g in zip(pred, gold) if p is not None]
+    out = {"n": len(gold), "unscored": len(gold) - len(pairs)}
+    if not pairs:
+        return {**out, "exact": None, "mae": None, "pearson": None, "histogram": {}}
+    p, g = np.array(pairs).T
+    pearson = float(np.corrcoef(p, g)[0, 1]) if p.std() > 0 and g.std() > 0 else None
+    diff = np.rint(p - g).astype(int)
+    return {**out, "exact": float(np.mean(np.rint(p) == g)), "mae": float(np.mean(np.abs(p - g))),
+            "pearson": pearson, "histogram": {str(d): int((diff == d).sum()) for d in range(-4, 5)}}

@@ -11,6 +11,10 @@ computed once from the weights the fit starts from (the model at the start of a 
 
 Batches are padded to the batch size with rows that count for nothing, so no example is dropped and every
 step of a length bucket has one shape (one compilation per bucket).
+
+With a `mesh` (sharding.mesh_from_config(config.mesh)) the weights and AdamW moments are sharded by their logical
+axes, each process loads only its rows of every batch, and checkpoints are written shard by shard by every
+process; the returned params stay on the mesh.
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrm_jax import config_util, losses, train
+from genrm_jax import config_util, distributed, losses, sharding, train
 from genrm_jax.checkpoint import Checkpointer
 from genrm_jax.data.pipeline import Pipeline
+from genrm_jax.models import heads, llama
 
 DEFAULT_BETA = {"dpo": 1.0, "ipo": 0.4}
 
@@ -37,6 +42,7 @@ class FinetuneConfig:
     learning_rate: float = 1e-6        # the paper: 1e-6 (2e-5 for rationalizer SFT)
     epochs: int = 1
     batch_size: int = 4
+    accum_steps: int = 1               # micro-batches per step (batch_size must split evenly): less activation memory
     max_len: int = 1024                # longest sequence; the conversation prefix is cut from the left
     buckets: tuple[int, ...] = ()      # length buckets (default: max_len / 4, / 2, max_len)
     beta: float | None = None          # DPO 1.0, IPO 0.4 by default
@@ -55,9 +61,11 @@ class FinetuneConfig:
 
         if self.kind not in losses.KINDS:
             bad("kind", f"expected one of {losses.KINDS}")
-        for field in ("epochs", "batch_size", "max_len", "checkpoint_every", "keep_checkpoints"):
+        for field in ("epochs", "batch_size", "accum_steps", "max_len", "checkpoint_every", "keep_checkpoints"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 bad(field, "expected an integer >= 1")
+        if self.batch_size % self.accum_steps:
+            bad("accum_steps", f"expected a divisor of batch_size={self.batch_size} (equal micro-batches)")
         if not self.learning_rate > 0:
             bad("learning_rate", "expected > 0")
         if self.beta is not None and not self.beta > 0:
@@ -73,45 +81,66 @@ def _trainable(params, head):
     return {"model": params} if head is None else {"model": params, "head": head}
 
 
+def _trainable_axes(config, head):
+    return _trainable(llama.logical_axes(config), None if head is None else heads.logical_axes())
+
+
 def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenizer, workdir: str, *,
-        head=None, progress: bool = True) -> tuple[Any, dict]:
+        head=None, progress: bool = True, mesh=None) -> tuple[Any, dict]:
     """Trains `params` (and the reward `head` for bt / pairrm) on `records` of kind `cfg.kind`; returns the new
     trainable params ({"model": ..., "head": ...} without head -> params alone) and a summary
     {"steps", "examples", "data": pipeline stats, "final_loss", "resumed_from"}.
 
     `workdir` holds the checkpoints (`ckpt/`), `metrics.jsonl` and the cached reference log-probs.
+    `mesh`: train sharded over it (see the module doc); `cfg.batch_size` must split over its data x fsdp axes.
     """
     os.makedirs(workdir, exist_ok=True)
     config = model_config.replace(remat=cfg.remat_policy is not None, remat_policy=cfg.remat_policy or "")
+    rows = batch_sharding = None
+    if mesh is not None:
+        n = sharding.batch_divisor(mesh)
+        if cfg.batch_size % n:
+            raise ValueError(f"finetune.batch_size={cfg.batch_size}: must be a multiple of {n}, the mesh's "
+                             f"data x fsdp size {dict(mesh.shape)}")
+        batch_sharding = sharding.batch_sharding(mesh)
+        rows = sharding.process_rows(batch_sharding, cfg.batch_size)
     pipe = Pipeline(records, cfg.kind, tokenizer, max_len=cfg.max_len, batch_size=cfg.batch_size,
                     buckets=cfg.buckets or None, seed=cfg.seed, epochs=cfg.epochs, train_eos=cfg.train_eos,
-                    drop_remainder=False, progress=progress)
+                    drop_remainder=False, progress=progress, rows=rows)
     steps = len(pipe)
     info = {"steps": steps, "examples": len(pipe.examples), "data": pipe.stats.as_dict()}
-    t0 = time.perf_counter()
-    if cfg.kind in ("dpo", "ipo"):
-        pipe.attach_reference(_reference(params, config, pipe, workdir, progress))
-    info["seconds"] = {"reference": round(time.perf_counter() - t0, 2)}
-
     opt_cfg = train.OptimConfig(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                 warmup_fraction=cfg.warmup_fraction, max_grad_norm=cfg.max_grad_norm,
                                 total_steps=steps)
     optimizer = train.make_optimizer(opt_cfg)
-    # The train step donates its state: train a copy, so the caller's params (the model the STaR loop started
-    # from, the engine's source) stay alive.
-    state = train.init_state(jax.tree.map(jnp.copy, _trainable(params, head)), optimizer, seed=cfg.seed)
+    trainable = _trainable(params, head)
+    shardings = None
+    if mesh is not None:
+        shardings = train.state_shardings(trainable, sharding.shardings(_trainable_axes(config, head), mesh),
+                                          optimizer)
+        trainable = sharding.place(trainable, shardings.params)
+
+    t0 = time.perf_counter()
+    if cfg.kind in ("dpo", "ipo"):
+        pipe.attach_reference(_reference(trainable["model"], config, pipe, workdir, progress, batch_sharding))
+    info["seconds"] = {"reference": round(time.perf_counter() - t0, 2)}
     ckpt = Checkpointer(os.path.join(workdir, "ckpt"), every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
     iterator = pipe.iterator()
     start = ckpt.latest_step()
     info["resumed_from"] = start
-    if start is not None:
-        state = ckpt.restore(state, iterator)
+    if start is None:
+        # The train step donates its state: train a copy, so the caller's params (the model the STaR loop started
+        # from, the engine's source) stay alive.
+        state = train.init_state(jax.tree.map(jnp.copy, trainable), optimizer, seed=cfg.seed, shardings=shardings)
+    else:  # straight into place (and into this run's mesh, whichever mesh wrote it)
+        state = ckpt.restore(train.abstract_state(trainable, optimizer, shardings), iterator)
     t0 = time.perf_counter()
     if start is None or start < steps:
         step_fn = train.make_train_step(losses.make_loss_fn(cfg.kind, config, beta=cfg.beta), optimizer,
-                                        schedule=train.learning_rate_schedule(opt_cfg))
+                                        accum_steps=cfg.accum_steps, schedule=train.learning_rate_schedule(opt_cfg),
+                                        shardings=shardings)
         state = train.train(state, step_fn, iterator, num_steps=steps, workdir=workdir, checkpointer=ckpt,
-                            progress=progress)
+                            progress=progress, batch_sharding=batch_sharding)
     ckpt.close()
     info["seconds"]["train"] = round(time.perf_counter() - t0, 2)  # compilation included
     info["tokens"] = int(sum(len(t) for ex in pipe.examples for t in ex["tokens"])) * cfg.epochs
@@ -120,17 +149,35 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
     return (out["model"] if head is None else out), info
 
 
-def _reference(params, config, pipe: Pipeline, workdir: str, progress: bool) -> np.ndarray:
+def _reference(params, config, pipe: Pipeline, workdir: str, progress: bool, batch_sharding=None) -> np.ndarray:
     path = os.path.join(workdir, "reference_logps.npy")
     if os.path.exists(path):
         ref = np.load(path)
         if ref.shape == (len(pipe.examples), 2):
             return ref
-    ref = losses.reference_logprobs(params, config, pipe.sequential_batches(), progress=progress)
-    tmp = path + ".tmp.npy"
-    np.save(tmp, ref)
-    os.replace(tmp, path)
+    if batch_sharding is None:
+        ref = losses.reference_logprobs(params, config, pipe.sequential_batches(), progress=progress)
+    else:
+        ref = _sharded_reference(params, config, pipe, batch_sharding)
+    if distributed.is_main_process():  # every process computed the same values; one writes them
+        tmp = path + ".tmp.npy"
+        np.save(tmp, ref)
+        os.replace(tmp, path)
     return ref
+
+
+def _sharded_reference(params, config, pipe: Pipeline, batch_sharding) -> np.ndarray:
+    """losses.reference_logprobs on the mesh: each process feeds its rows of every batch, and the log-probs come
+    back replicated, so every process gets all of them (what its examples need is on another process's rows)."""
+    start, stop = pipe.rows
+    fn = jax.jit(lambda p, b: losses.pair_logprobs(p, b, config),
+                 out_shardings=sharding.replicated(batch_sharding.mesh))
+    out = []
+    for batch in pipe.sequential_batches():
+        n = batch["n_valid"]
+        local = {k: batch[k][start:stop] for k in ("tokens", "mask", "loss_mask")}
+        out.append(np.asarray(fn(params, sharding.put_batch(local, batch_sharding)))[:n])
+    return np.concatenate(out, axis=0)
 
 
 def _last_loss(metrics_path: str) -> float | None:

@@ -108,6 +108,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from genrm_jax import runtime
+
+    runtime.apply()  # an entry point: the CPU allocator and dispatch settings (genrm_jax/runtime.py)
     ap = argparse.ArgumentParser(
         description="Sample completions for a JSONL file of prompts (resumable).",
         epilog="Results are appended per finished engine batch: a kill loses at most the batch in progress "

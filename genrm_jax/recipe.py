@@ -2,8 +2,12 @@
 
 An experiment is config -> these calls -> report:
 
-    run = runs.Run(workdir, c)                       # refuses another config in the same directory
-    train, eval_sets = recipe.data(c.data)           # training pairs, held-out HH-RLHF, a RewardBench sample
+    run, (train, eval_sets), done = recipe.open_run(c, workdir, lambda: recipe.data(c.data))
+                                                     # config and data checked before any model loads; another
+                                                     # config in the same directory is refused; `done`: the
+                                                     # report of a run that already finished
+    model = recipe.load(c, recipe.mesh(c))          # sharded over config.mesh when it has several devices
+    engine = recipe.engine(c, model, mesh)           # the sampler (config group `engine`)
     before = recipe.evaluate(run, "eval_0", judge, eval_sets, c)   # a finished stage is read back, not redone
     ... the method trains (finetune.fit, or the STaR loop in genrm_jax.star) ...
     recipe.export(run, params, model)                # <workdir>/export: a Hugging Face directory
@@ -14,7 +18,7 @@ The config groups read here: `data` (see `data`), `eval.ks` (maj@k sizes), `seed
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,7 +33,7 @@ OUT_OF_DISTRIBUTION = "rewardbench"
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _take(records: list[dict], n: int | None, seed: int) -> list[dict]:
+def take(records: list[dict], n: int | None, seed: int) -> list[dict]:
     """At most n records chosen by a seeded hash of their ids (input order kept); None or 0 = all."""
     if not n or n >= len(records):
         return list(records)
@@ -80,7 +84,7 @@ def data(d, seed: int = 0, skipped: list | None = None) -> tuple[list[dict], dic
     else:
         raise benchmark.ConfigError(f"config.data.train: must be 'hh-rlhf' or 'file', got {d.train!r}")
     train, held = splits.train_held_out(pool, frac, seed=seed)
-    train = _take(train, d.train_pairs, seed)
+    train = take(train, d.train_pairs, seed)
     if not train:
         raise benchmark.ConfigError("config.data: no training pairs left after the held-out split")
     sets = {IN_DISTRIBUTION: splits.stratified_sample(held, d.held_out_per_subset, seed=seed)
@@ -97,6 +101,80 @@ def parts(records: list[dict], n: int, seed: int = 0) -> list[list[dict]]:
         raise ValueError(f"parts: n must be >= 1, got {n}")
     order = sorted(range(len(records)), key=lambda i: splits.unit_hash(seed + 7919, splits._key(records[i])))
     return [[records[i] for i in sorted(order[k::n])] for k in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ start-up
+
+
+def open_run(c, workdir: str, prepare: Callable[[], Any]) -> tuple[runs.Run, Any, dict | None]:
+    """How every training experiment starts, before any model loads: the directory's config is checked (another
+    config is refused, naming the differing keys), `prepare()` checks the config groups and reads the data, and
+    the run opens. A bad value, file or directory exits with one line (cli.fail). Returns (run, what `prepare`
+    returned, the report of a run that already finished, printed again, or None)."""
+    from genrm_jax import cli
+
+    try:
+        runs.check_config(workdir, c)  # before the data loader logs anything: a refusal is one line
+        prepared = prepare()
+        run = runs.Run(workdir, c)
+    except (benchmark.ConfigError, sources.DataError, runs.ConfigMismatchError, ValueError) as e:
+        cli.fail(e)  # plan.PlanError is a ValueError: a config that will not fit is refused here too
+    return run, prepared, finished(run)
+
+
+def check_memory(c, ft, *, held_copies: int = 2, sample_length: int = 0):
+    """The memory planner's check before any weight loads (genrm_jax/plan.py): raises plan.PlanError, with the
+    per-device figures and a mesh that would fit, when training (`ft`: a FinetuneConfig) or sampling with
+    `engine.max_batch` rows of `sample_length` tokens needs more than the device has. The device's memory is
+    `config.device_memory_gib`, or what the device reports (none on CPU: no check there). Returns the plan."""
+    import jax
+
+    from genrm_jax import plan, sharding
+
+    limit = float(c.get("device_memory_gib") or 0) * 2**30
+    if not limit:
+        stats = jax.devices()[0].memory_stats() or {}
+        limit = stats.get("bytes_limit", 0)
+    if not limit:
+        return None
+    mesh = sharding.mesh_from_config(c.mesh) if "mesh" in c else None
+    sampling = plan.Sampling(c.engine.max_batch, sample_length, c.engine.cache_dtype) if sample_length else None
+    config = plan.model_config(c.model, **({"compute_dtype": c.compute_dtype} if c.get("compute_dtype") else {}))
+    return plan.check(config, ft, dict(mesh.shape) if mesh is not None else (1, 1, 1), int(limit),
+                      sampling=sampling, held_copies=held_copies)
+
+
+def mesh(c):
+    """The experiment's device mesh (`config.mesh`; a bad value raises naming the field), or None on a single
+    device, where everything takes the unsharded path."""
+    from genrm_jax import sharding
+
+    m = sharding.mesh_from_config(c.mesh) if "mesh" in c else None
+    return m if m is not None and m.size > 1 else None
+
+
+def load(c, mesh=None):
+    """The experiment's model: `config.model` read straight into shards over `mesh` (each host reads only its
+    slices), computed by `config.kernels` ("auto": the CPU kernels on one CPU device, XLA's under a mesh or on
+    an accelerator; LlamaConfig.kernels)."""
+    import dataclasses
+
+    from genrm_jax.io import load_model
+
+    model = load_model(c.model, mesh=mesh, compute_dtype=c.get("compute_dtype") or None)
+    kernels = c.get("kernels", "auto")
+    if kernels == "auto" and mesh is not None:
+        kernels = "xla"  # the CPU kernels' feature-major layout is a single-device one
+    if kernels != model.config.kernels:
+        model = dataclasses.replace(model, config=model.config.replace(kernels=kernels))
+    return model
+
+
+def engine(c, model, mesh=None):
+    """The sampling engine of an experiment's model (config group `engine`), sharded over `mesh`."""
+    from genrm_jax.sampling import Engine
+
+    return Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype, mesh=mesh)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -146,21 +224,19 @@ def export(run: runs.Run, params, model, *, head=None) -> str:
     reward_head.npz. A finished export is not redone."""
     from genrm_jax.io import hf
 
+    import shutil
+
     out = run.path("export")
     if run.done("export"):
         return out
+    tmp = out + ".partial"
+    if run.main and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    hf.save_hf(params, model.config, tmp, tokenizer_dir=model.path)  # every process: sharded params are gathered
     if run.main:
-        tmp = out + ".partial"
-        if os.path.exists(tmp):
-            import shutil
-
-            shutil.rmtree(tmp)
-        hf.save_hf(params, model.config, tmp, tokenizer_dir=model.path)
         if head is not None:
             np.savez(os.path.join(tmp, "reward_head.npz"), **{k: np.asarray(v) for k, v in head.items()})
         if os.path.exists(out):
-            import shutil
-
             shutil.rmtree(out)
         os.replace(tmp, out)
     run.finish("export", {"path": out})

@@ -6,7 +6,10 @@
 
 Resume has three levels: finished stages are skipped by their marker, training resumes from its orbax
 checkpoint (data iterator included), and JSONL outputs skip the record ids already written (`append_jsonl`
-after `read_resumable`). Only the main process (jax.process_index() == 0) writes.
+after `read_resumable`). Only the main process (jax.process_index() == 0) writes: the writers here do nothing on
+the others (`open_output` gives them a file that discards), while orbax checkpoints are written by every process,
+each its own shards. `config.mesh` may differ between a run and its resumption (another slice of a pod): it says
+where the run computes, not what.
 """
 from __future__ import annotations
 
@@ -49,7 +52,10 @@ def strict_json(value: Any) -> Any:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes strict JSON through a temporary file and a rename: a kill never leaves half a file."""
+    """Writes strict JSON through a temporary file and a rename: a kill never leaves half a file (main process
+    only)."""
+    if not is_main_process():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
@@ -66,9 +72,18 @@ def _umask() -> int:
 
 
 def is_main_process() -> bool:
-    import jax
+    from genrm_jax import distributed
 
-    return jax.process_index() == 0
+    return distributed.is_main_process()
+
+
+def open_output(path: str, mode: str = "a"):
+    """`open(path, mode, encoding="utf-8")` on the main process; elsewhere a file that discards what is written,
+    so code that writes reports or samples runs unchanged on every process of a multi-host run."""
+    if not is_main_process():
+        return open(os.devnull, mode.replace("+", ""), encoding="utf-8")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return open(path, mode, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ resumable JSONL
@@ -103,6 +118,9 @@ def append_jsonl(f, row: dict) -> None:
 
 
 def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    """The whole file at once, through a temporary file (main process only)."""
+    if not is_main_process():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -162,11 +180,16 @@ def check_config(workdir: str, config: Any) -> None:
     with open(path) as f:
         old = json.load(f)
     diff = differing_keys(old, strict_json(config.to_dict() if hasattr(config, "to_dict") else dict(config)))
+    diff = {k: v for k, v in diff.items() if not k.startswith(_WHERE_NOT_WHAT)}
     if diff:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:12])
         raise ConfigMismatchError(
             f"{os.path.abspath(workdir)} holds a run with another config ({len(diff)} differing keys: {shown}). "
             "Rerun with the same config to resume it, or choose another --workdir.")
+
+
+# Config groups that say where a run computes, not what it computes: a run may resume with other values.
+_WHERE_NOT_WHAT = ("mesh.", "device_memory_gib")
 
 
 def _only_config(workdir: str) -> bool:

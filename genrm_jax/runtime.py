@@ -26,9 +26,11 @@ kept, and `x + 1` over 38 MB took 17.9 ms against 2.4 (2-core EPYC). What it tak
   (which costs no memory) and advises huge pages on it, so the buffers allocated later land on them: what
   glibc's `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` does, which cannot be set from inside a running process.
 
-Applied when `genrm_jax` is imported; dispatch is fixed when JAX creates its CPU client, so import genrm_jax
-before running JAX computations. Set GENRM_JAX_SYSTEM_MALLOC=1 to leave the allocator and dispatch alone, or
-GENRM_JAX_HUGE_PAGES=0 to keep the rest but not the huge pages.
+Nothing here runs on import: `apply()` is called by the entry points (`cli.run` for every experiment, the
+benchmarks), never by library code, so a program that imports genrm_jax keeps its allocator and JAX's dispatch
+mode. Dispatch is fixed when JAX creates its CPU client, so an entry point calls `apply()` before running JAX
+computations. Set GENRM_JAX_SYSTEM_MALLOC=1 to leave the allocator and dispatch alone, or GENRM_JAX_HUGE_PAGES=0
+to keep the rest but not the huge pages.
 """
 from __future__ import annotations
 
@@ -151,6 +153,7 @@ def release_fragments() -> bool:
 
 
 def apply() -> None:
+    """All of the above, for an entry point (see the module docstring); a no-op where it is not possible."""
     if keep_freed_memory():
         huge_page_heap()
         dispatch_on_caller_thread()

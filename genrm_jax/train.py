@@ -6,6 +6,10 @@ that a `lax.scan` walks; each micro-batch's gradient is weighted by its share of
 (tokens or pairs, see losses.py), which makes accumulation equal the big batch exactly.
 Master weights stay in the param dtype (fp32); bf16 compute and per-layer remat are properties of the model
 config that the loss function closes over (`compute_dtype`, `remat`).
+
+Under a mesh (`state_shardings`), params keep the shardings of their logical axes, each AdamW moment that of
+its parameter, and batch rows are split over data x fsdp; the step is jitted with those shardings fixed on the
+way in and out, so XLA inserts the gathers and reductions and the state never moves between steps.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from genrm_jax import config_util, runtime
+from genrm_jax import config_util, distributed, runtime, sharding
 from genrm_jax.losses import Loss
 
 
@@ -80,8 +85,38 @@ def make_optimizer(cfg: OptimConfig = OptimConfig()) -> optax.GradientTransforma
     return optax.chain(*parts)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(seed))
+def state_shardings(params, param_shardings, optimizer: optax.GradientTransformation) -> TrainState:
+    """The NamedShardings of the TrainState `init_state(params, optimizer)` builds: params as given (e.g.
+    sharding.shardings of their logical axes), every optimiser moment as its parameter (optax.tree_map_params
+    finds the params-shaped parts of the optimiser state), counters and the rng replicated."""
+    rep = sharding.replicated(jax.tree.leaves(param_shardings)[0].mesh)
+    abstract = jax.eval_shape(optimizer.init, params)
+    opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract, param_shardings,
+                                transform_non_params=lambda _: rep)
+    return TrainState(rep, param_shardings, opt, rep)
+
+
+def init_state(params, optimizer: optax.GradientTransformation, seed: int = 0, *,
+               shardings: TrainState | None = None) -> TrainState:
+    """Step 0; with `shardings` (state_shardings) params are placed on the mesh and the optimiser state is
+    created there, shard by shard (never whole on one device)."""
+    if shardings is None:
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(seed))
+    params = sharding.place(params, shardings.params)
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    step, rng = sharding.place((np.zeros((), np.int32), np.asarray(jax.random.PRNGKey(seed))),
+                               (shardings.step, shardings.rng))
+    return TrainState(step, params, opt_state, rng)
+
+
+def abstract_state(params, optimizer: optax.GradientTransformation, shardings: TrainState | None = None
+                   ) -> TrainState:
+    """Shapes, dtypes and shardings of `init_state`'s result without allocating it: what a checkpoint restores
+    into (on one device when no `shardings` are given)."""
+    shapes = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def _split_micro(batch, n):
@@ -94,12 +129,15 @@ def _split_micro(batch, n):
 
 def make_train_step(loss_fn: Callable[[Any, dict, jax.Array], Loss], optimizer: optax.GradientTransformation, *,
                     accum_steps: int = 1, schedule: optax.Schedule | None = None, donate: bool = True,
-                    jit: bool = True):
+                    jit: bool = True, shardings: TrainState | None = None):
     """`loss_fn(params, batch, rng) -> Loss` (losses.make_loss_fn) -> `step(state, batch, rng) -> (state, metrics)`.
 
     metrics: the loss's own metrics (weighted means over the whole batch), `grad_norm` (before clipping),
     `weight` (loss units in the batch) and, given the optimiser's `schedule`, the step's `lr`.
+    `shardings` (state_shardings): the state stays in them, batch rows are split over data x fsdp, metrics and
+    the rng are replicated.
     """
+    mesh = jax.tree.leaves(shardings)[0].mesh if shardings is not None else None
     grad_fn = jax.value_and_grad(lambda p, b, r: (lambda o: (o.value, o))(loss_fn(p, b, r)), has_aux=True)
 
     def micro(params, batch, rng):
@@ -115,6 +153,10 @@ def make_train_step(loss_fn: Callable[[Any, dict, jax.Array], Loss], optimizer: 
             metrics, wsum = dict(out.metrics), out.weight.astype(jnp.float32)
         else:
             mb = _split_micro(batch, accum_steps)
+            if mesh is not None:
+                # keep each micro-batch's rows split over the devices (not the micro-batch axis the scan walks)
+                rows = sharding.batch_sharding(mesh).spec
+                mb = jax.lax.with_sharding_constraint(mb, NamedSharding(mesh, P(None, *rows)))
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
             first = jax.tree.map(lambda x: x[0], mb)
             m_shape = jax.eval_shape(lambda: micro(state.params, first, rng)[1])
@@ -140,7 +182,12 @@ def make_train_step(loss_fn: Callable[[Any, dict, jax.Array], Loss], optimizer: 
 
     if not jit:
         return step
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if shardings is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    rep = sharding.replicated(mesh)
+    return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), rep), out_shardings=(shardings, rep),
+                   donate_argnums=donate_argnums)
 
 
 # ------------------------------------------------------------------------------------------------ loop
@@ -154,25 +201,30 @@ def _batch_tokens(batch) -> int:
     return int(np.sum(per_row * batch.get("valid", 1)))
 
 
-def _device_batch(batch):
+def _device_batch(batch, batch_sharding=None):
     # Bookkeeping fields (n_valid, bucket) stay on the host; the step sees arrays of fixed shapes only.
-    return {k: v for k, v in batch.items() if k not in ("n_valid", "bucket")}
+    batch = {k: v for k, v in batch.items() if k not in ("n_valid", "bucket")}
+    # Under a mesh each process holds its own rows: they become one global batch (on one host, the batch itself).
+    return batch if batch_sharding is None else sharding.put_batch(batch, batch_sharding)
 
 
 def train(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int, workdir: str | None = None,
           checkpointer=None, data_iterator=None, log_every: int = 1, progress: bool = True,
-          on_metrics: Callable[[dict], None] | None = None) -> TrainState:
+          on_metrics: Callable[[dict], None] | None = None, batch_sharding=None) -> TrainState:
     """Runs `step_fn` until `state.step == num_steps`.
 
     `batches` yields host batches (a grain iterator from data.pipeline); `data_iterator` is the object whose
-    state the checkpointer saves, by default `batches` itself when it is checkpointable (has `get_state`). Every `log_every` steps a line goes to
-    `workdir/metrics.jsonl`. A non-finite loss stops the run naming the step and the last good checkpoint.
+    state the checkpointer saves, by default `batches` itself when it is checkpointable (has `get_state`). Every
+    `log_every` steps a line goes to `workdir/metrics.jsonl` (by process 0 only; its `tok_s` counts process 0's
+    rows). A non-finite loss stops the run naming the step and the last good checkpoint. `batch_sharding`
+    (sharding.batch_sharding of the step's mesh): `batches` yields this process's rows (sharding.process_rows)
+    and they are assembled into the global batch.
     """
     from tqdm.auto import tqdm
 
     if data_iterator is None and hasattr(batches, "get_state"):
         data_iterator = batches
-    metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+    metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir and distributed.is_main_process() else None
     if metrics_path:
         os.makedirs(workdir, exist_ok=True)
     start = int(state.step)
@@ -187,7 +239,8 @@ def train(state: TrainState, step_fn, batches: Iterator[dict], *, num_steps: int
                 break
             n_tok = _batch_tokens(batch)
             step_no += 1
-            state, metrics = step_fn(state, _device_batch(batch), jax.random.fold_in(state.rng, step_no))
+            rng = jax.random.fold_in(state.rng, step_no)
+            state, metrics = step_fn(state, _device_batch(batch, batch_sharding), rng)
             loss = float(metrics["loss"])  # also the sync point that makes the throughput honest
             runtime.release_fragments()  # keeps RSS from growing by a stranded copy of the step's buffers
             if not math.isfinite(loss):

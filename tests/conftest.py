@@ -10,7 +10,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 # tiny model compile the same train steps and kernels again and again).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["GENRM_JAX_HOME"], "jax-compilation-cache"))
 
+from genrm_jax import runtime  # noqa: E402
 from genrm_jax.models import llama  # noqa: E402
+
+runtime.apply()  # the test process runs like an entry point (importing genrm_jax alone changes nothing)
 
 
 def tiny_config(**kw) -> llama.LlamaConfig:

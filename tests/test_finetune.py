@@ -87,6 +87,9 @@ def test_run_refuses_another_config_naming_the_keys(tmp_path):
     run = runs.Run(str(tmp_path), {"a": 1, "b": {"c": 2, "d": [1, 2]}}, main=True)
     assert run.finish("x", {"v": float("nan"), "w": np.float32(0.5)}) == {"v": None, "w": 0.5}
     assert run.done("x") and run.result("x") == {"v": None, "w": 0.5}
+    # the mesh says where a run computes, not what: it may resume on another slice
+    mesh = {"a": 1, "b": {"c": 2, "d": [1, 2]}, "mesh": {"data": -1, "fsdp": 1, "model": 1}}
+    runs.Run(str(tmp_path), {**mesh, "mesh": {"data": 1, "fsdp": -1, "model": 1}}, main=True)
 
 
 def test_read_resumable_drops_a_cut_last_line_and_names_a_bad_one(tmp_path):

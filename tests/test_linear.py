@@ -1,4 +1,5 @@
-"""The hand-written VJPs of the weight matmuls and the tied unembedding equal autodiff of the plain einsum."""
+"""The weight matmuls and the tied unembedding, with either kernels ("cpu": hand-written VJPs; "xla": autodiff),
+equal autodiff of the plain einsum."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,27 +16,29 @@ def _grads(f, *args):
     return out, vjp(cot)
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
 @pytest.mark.parametrize("x_shape,w_shape,axes,spec", [
     ((2, 5, 8), (8, 24), 1, "btd,df->btf"),        # wide output: x is the operand transposed
     ((2, 5, 24), (24, 8), 1, "btf,fd->btd"),       # narrow output: dy is transposed instead
     ((2, 5, 8), (8, 3, 4), 1, "btd,dhk->bthk"),    # q/k/v projections
     ((2, 5, 3, 4), (3, 4, 8), 2, "bthk,hkd->btd"),  # output projection
 ])
-def test_dense_matches_einsum_autodiff(x_shape, w_shape, axes, spec):
+def test_dense_matches_einsum_autodiff(x_shape, w_shape, axes, spec, kernels):
     kx, kw = jax.random.split(jax.random.PRNGKey(0))
     x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
-    out, (dx, dw) = _grads(lambda x, w: linear.dense(x, w, axes), x, w)
+    out, (dx, dw) = _grads(lambda x, w: linear.dense(x, w, axes, kernels), x, w)
     ref, (rdx, rdw) = _grads(lambda x, w: jnp.einsum(spec, x, w), x, w)
     for a, b in ((out, ref), (dx, rdx), (dw, rdw)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_tied_unembedding_matches_einsum_autodiff(dtype):
+def test_tied_unembedding_matches_einsum_autodiff(dtype, kernels):
     kh, ke = jax.random.split(jax.random.PRNGKey(1))
     h, e = jax.random.normal(kh, (2, 5, 8), dtype), jax.random.normal(ke, (40, 8), jnp.float32)
-    out, (dh, de) = _grads(linear.unembed_tied, h, e)
+    out, (dh, de) = _grads(lambda h, e: linear.unembed_tied(h, e, kernels), h, e)
     ref, (rdh, rde) = _grads(
         lambda h, e: jnp.einsum("btd,vd->btv", h, e.astype(h.dtype), preferred_element_type=jnp.float32), h, e)
     assert out.dtype == jnp.float32 and dh.dtype == dtype and de.dtype == jnp.float32
@@ -44,9 +47,10 @@ def test_tied_unembedding_matches_einsum_autodiff(dtype):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
 
 
-def test_dense_remat_policy_keeps_the_weight_matmul_outputs(capsys):
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
+def test_dense_remat_policy_keeps_the_weight_matmul_outputs(capsys, kernels):
     """Custom VJPs hide their dots from JAX's dot-based policies; "dense" saves them by name instead."""
-    cfg = tiny_config(num_layers=1)
+    cfg = tiny_config(num_layers=1, kernels=kernels)
     params = llama.unstack_layers(llama.init(jax.random.PRNGKey(0), cfg))  # unrolled: a scan hides the names
     tokens = jnp.ones((1, 6), jnp.int32)
 

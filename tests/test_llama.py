@@ -43,10 +43,15 @@ def hf_logits(model, tokens, mask=None):
         return model(input_ids=t, attention_mask=m).logits.numpy()
 
 
+# Both kernel sets run here on CPU: "xla" is the code accelerators run, "cpu" the XLA:CPU-tuned variants.
+KERNELS = ["cpu", "xla"]
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", sorted(HF_CONFIGS))
-def test_parity_with_transformers(tmp_path, name):
+def test_parity_with_transformers(tmp_path, name, kernels):
     model = make_hf_model(tmp_path, **HF_CONFIGS[name])
-    config = hf.load_config(str(tmp_path))
+    config = hf.load_config(str(tmp_path)).replace(kernels=kernels)
     params = hf.load_params(str(tmp_path), config)
     tokens = np.random.default_rng(0).integers(0, 96, size=(2, 40))  # 40 > original_max (16) for llama3
     ours = np.asarray(jax.jit(lambda p, t: llama.forward(p, t, config).logits)(params, tokens))
@@ -54,9 +59,10 @@ def test_parity_with_transformers(tmp_path, name):
     assert np.abs(ours - ref).max() <= 1e-4, np.abs(ours - ref).max()
 
 
-def test_left_padding_matches_transformers(tmp_path):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_left_padding_matches_transformers(tmp_path, kernels):
     model = make_hf_model(tmp_path, **HF_CONFIGS["gqa_untied"])
-    config = hf.load_config(str(tmp_path))
+    config = hf.load_config(str(tmp_path)).replace(kernels=kernels)
     params = hf.load_params(str(tmp_path), config)
     tokens = np.random.default_rng(1).integers(3, 96, size=(2, 12))
     mask = np.ones_like(tokens)
@@ -134,6 +140,32 @@ def test_unscanned_layers_give_the_same_loss_and_gradients(tiny):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_cpu_and_xla_kernels_give_the_same_loss_and_gradients(tiny, tied):
+    """The training step's maths is one definition: the kernel choice changes neither values nor gradients
+    (remat "dense" as the trainer runs it, packed segments and padding included)."""
+    cfg = tiny.replace(remat=True, remat_policy="dense", tie_word_embeddings=tied)
+    params = llama.init(jax.random.PRNGKey(5), cfg)
+    tokens = jnp.arange(64).reshape(2, 32) * 7 % cfg.vocab_size
+    seg = jnp.asarray([[1] * 20 + [2] * 12, [0] * 4 + [1] * 28])
+
+    def loss(p, kernels):
+        logits = llama.forward(p, tokens, cfg.replace(kernels=kernels), segment_ids=seg).logits
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) * (seg > 0))
+
+    (l_cpu, g_cpu), (l_xla, g_xla) = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, k) for k in KERNELS)
+    np.testing.assert_allclose(l_cpu, l_xla, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_xla)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_kernels_are_chosen_by_the_config(tiny):
+    assert llama.resolve_kernels(tiny) == ("cpu" if jax.default_backend() == "cpu" else "xla")  # "auto"
+    assert llama.resolve_kernels(tiny.replace(kernels="xla")) == "xla"
+    with pytest.raises(ValueError, match="kernels='gpu'"):
+        tiny.replace(kernels="gpu")
+
+
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_logical_axes_cover_every_param(tiny, scan_layers):
     tiny = tiny.replace(scan_layers=scan_layers)
@@ -193,7 +225,7 @@ def test_blocked_causal_attention_equals_one_contraction(batch, length):
         return jnp.where(real, attention.attention_kv_major(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask), 0)
 
     def blocked(q, k, v):
-        return jnp.where(real, attention.self_attention(q, k, v, mask), 0)
+        return jnp.where(real, attention.self_attention(q, k, v, mask, "cpu"), 0)
 
     np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), atol=1e-5)
     g_plain = jax.grad(lambda *a: jnp.sum(plain(*a) ** 2), argnums=(0, 1, 2))(q, k, v)

@@ -164,3 +164,19 @@ def test_read_jsonl_locates_a_byte_that_is_not_utf8(tmp_path):
     path.write_bytes(json.dumps(_sft("a", "A")).encode() + b"\n" + b'{"messages": [], "target": "\xe9"}\n')
     with pytest.raises(DataError, match=rf"{path}:2: not valid UTF-8 \(byte 0xe9 at column 29\)"):
         pipeline.read_jsonl(str(path))
+
+
+def test_process_rows_split_every_batch_into_its_pieces():
+    """Two processes loading rows [0, 2) and [2, 4) of each batch hold the whole batch once between them, in the
+    same length bucket at every step; a piece with no real row is a stand-in that counts for nothing."""
+    records = [_pair(f"q{i}", f"good {i}", f"bad answer {i}") for i in range(6)]  # 6 = a batch of 4 + 2
+    kw = dict(max_len=48, buckets=(48,), batch_size=4, drop_remainder=False, progress=False)
+    whole = list(Pipeline(records, "dpo", TOK, **kw).iterator())
+    parts = [list(Pipeline(records, "dpo", TOK, rows=rows, **kw).iterator()) for rows in ((0, 2), (2, 4))]
+    for step, batch in enumerate(whole):
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]), batch[key], err_msg=key)
+    short = [p[step] for p in parts for step in range(len(whole)) if p[step]["valid"].sum() == 0]
+    assert len(short) == 1 and short[0]["loss_mask"].sum() == 0 and short[0]["tokens"].shape[0] == 2
+    with pytest.raises(ValueError, match=r"rows \(2, 6\) of a batch of 4"):
+        Pipeline(records, "dpo", TOK, rows=(2, 6), **kw)

@@ -32,6 +32,15 @@ def engine(tiny_model):
     return sampling.Engine(tiny_model, max_batch=8)
 
 
+# The sampler's two kernel sets, both run here on CPU: "cpu" (feature-major layout over a transposed copy of the
+# weights, unrolled layers) and "xla" (what accelerators run: the weights as stored, stacked layers under scan).
+KERNELS = ["cpu", "xla"]
+
+
+def with_kernels(model, kernels):
+    return Model(model.config.replace(kernels=kernels), model.params, model.tokenizer, model.path)
+
+
 PROMPTS = [[1, 5, 7, 9, 11], [1, 3], [1, 20, 30, 40, 50, 60, 70, 80, 90]]
 
 
@@ -50,9 +59,10 @@ def full_logprobs(model, prompt, generated):
     return np.asarray(_reference_logprobs(model.params, padded)[0])[len(prompt) - 1:len(ids) - 1]
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("cache_dtype,tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
-def test_incremental_decode_matches_full_forward(tiny_model, cache_dtype, tol):
-    eng = sampling.Engine(tiny_model, cache_dtype=cache_dtype, max_batch=8)
+def test_incremental_decode_matches_full_forward(tiny_model, cache_dtype, tol, kernels):
+    eng = sampling.Engine(with_kernels(tiny_model, kernels), cache_dtype=cache_dtype, max_batch=8)
     greedy = eng.generate(PROMPTS, sampling.SamplingParams(temperature=0.0, max_new_tokens=20, ignore_eos=True))
     sampled = eng.generate(PROMPTS, sampling.SamplingParams(temperature=1.0, max_new_tokens=20, n=2,
                                                             ignore_eos=True, seed=3))
@@ -95,7 +105,7 @@ def test_sampler_matches_truncated_distribution(temperature, top_k, top_p):
     draws, vocab = 100_000, 128
     logits = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (vocab,))) * 3.0
     want = intended(logits, temperature, top_k, top_p)
-    mode = sampling._Mode(greedy=False, top_k=top_k > 0, top_p=top_p < 1.0)
+    mode = sampling.Mode(greedy=False, top_k=top_k > 0, top_p=top_p < 1.0)
     u = jax.random.uniform(jax.random.PRNGKey(1), (draws,))
     tok, logprob = jax.jit(lambda l, u: sampling.sample_tokens(
         l, u, mode, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)))(
@@ -139,8 +149,9 @@ def test_samples_do_not_depend_on_the_batch(tiny_model, top_k, top_p):
     assert all(b == alone for b in batched.values()), (alone, batched)
 
 
-def test_set_params_swaps_weights_without_recompiling(tiny_model):
-    eng = sampling.Engine(tiny_model, max_batch=4)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_set_params_swaps_weights_without_recompiling(tiny_model, kernels):
+    eng = sampling.Engine(with_kernels(tiny_model, kernels), max_batch=4)
     sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True)
     before = eng.generate(PROMPTS, sp)
     eng.score_next_token(PROMPTS, [3, 4])
@@ -160,26 +171,39 @@ def test_set_params_swaps_weights_without_recompiling(tiny_model):
         eng.set_params(llama.init(jax.random.PRNGKey(1), tiny_config(num_layers=1)))
 
 
-def test_seeds_reproducible_and_independent_of_batch(engine):
-    sp = sampling.SamplingParams(temperature=1.0, top_k=50, max_new_tokens=16, n=2, ignore_eos=True, seed=11)
-    together = engine.generate(PROMPTS, sp)
-    alone = engine.generate([PROMPTS[2]], sp)
-    assert [c.token_ids for c in alone[0]] == [c.token_ids for c in together[2]]
-    again = engine.generate(PROMPTS, sp)
-    assert [[c.token_ids for c in cs] for cs in again] == [[c.token_ids for c in cs] for cs in together]
-    other = engine.generate(PROMPTS, sp.__class__(**{**sp.__dict__, "seed": 12}))
-    assert [[c.token_ids for c in cs] for cs in other] != [[c.token_ids for c in cs] for cs in together]
-    assert len({tuple(c.token_ids) for c in together[0]}) == 2, "samples of one prompt should differ"
+def test_xla_kernels_keep_one_copy_of_the_weights_and_scan_the_layers(tiny_model):
+    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=4)  # greedy: the only loops are ours
+
+    def decode_loops(eng):
+        """While loops in the compiled decode kernel (a lax.scan lowers to one), and the decode state."""
+        arrays, _ = eng._batch_inputs(PROMPTS, eng._plan(PROMPTS, sp)[0], sp)
+        state = eng._run_kernels(arrays, sp)
+        values = sampling.kernels.Values(jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0), jnp.bool_(True))
+        text = eng._decode.lower(eng.params, state, jnp.int32(4), values, sampling.tokens.mode_of(sp)).as_text()
+        return text.count("stablehlo.while"), state
+
+    xla = sampling.Engine(with_kernels(tiny_model, "xla"), max_batch=4)
+    assert xla.params is tiny_model.params  # no transposed copy: the sampler reads the model's own arrays
+    xla_loops, state = decode_loops(xla)
+    # one stacked cache per K and V, [layers, ...], that the scanned layers read and write
+    assert [a.shape[0] for a in jax.tree.leaves(state.new_kv)] == [tiny_model.config.num_layers] * 2
+
+    cpu = sampling.Engine(with_kernels(tiny_model, "cpu"), max_batch=4)
+    assert isinstance(cpu.params["layers"], list)  # the CPU layout: a per-layer transposed copy, unrolled
+    cpu_loops, state = decode_loops(cpu)
+    assert len(state.new_kv) == tiny_model.config.num_layers  # a (k, v) pair per layer
+    assert xla_loops == cpu_loops + 1  # the same kernel but for the scan over layers
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("n,max_batch,prefills,rows", [
     (4, 8, 3, 12),  # two prompts x four samples in a batch, then the third prompt
     (3, 4, 3, 9),  # n does not divide max_batch: one prompt per batch
     (6, 4, 6, 18),  # n > max_batch: each prompt is split over two batches (4 + 2), prefilled in each
     (1, 4, 3, 3),  # three distinct prompts in a batch of four prompt slots (one slot is padding)
 ])
-def test_samples_share_one_prefill(tiny_model, n, max_batch, prefills, rows):
-    eng = sampling.Engine(tiny_model, max_batch=max_batch)
+def test_samples_share_one_prefill(tiny_model, n, max_batch, prefills, rows, kernels):
+    eng = sampling.Engine(with_kernels(tiny_model, kernels), max_batch=max_batch)
     out = eng.generate(PROMPTS[:3], sampling.SamplingParams(max_new_tokens=8, n=n, ignore_eos=True))
     assert eng.stats["prefill_prompts"] == prefills and eng.stats["rows"] == rows
     assert [len(cs) for cs in out] == [n] * 3
@@ -210,7 +234,9 @@ def test_eos_and_stop_strings(tiny_model, engine):
     assert got.text == BracketTokenizer().decode(ids[:first])
 
 
-def test_score_next_token_matches_forward(tiny_model, engine):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_score_next_token_matches_forward(tiny_model, engine, kernels):
+    engine = engine if kernels == "cpu" else sampling.Engine(with_kernels(tiny_model, kernels), max_batch=8)
     cands = [3, 4, 100]
     got = engine.score_next_token(PROMPTS, cands)
     for prompt, row in zip(PROMPTS, got):

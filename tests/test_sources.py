@@ -227,10 +227,13 @@ def _pair_row(fmt, chosen, rejected):
                 "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": rejected}]}
     if fmt == "ultrainteract":
         return {"trajectory": [{"from": "user", "value": "q"}], "chosen": chosen, "rejected": rejected}
+    if fmt == "preference-collection":
+        return {"orig_instruction": "q", "orig_response_A": rejected, "orig_response_B": chosen,
+                "orig_preference": "B", "orig_criteria": "c", **{f"orig_score{i}_description": "d" for i in range(1, 6)}}
     return {"chosen": "\n\nHuman: q\n\nAssistant: " + chosen, "rejected": "\n\nHuman: q\n\nAssistant: " + rejected}
 
 
-@pytest.mark.parametrize("fmt", sources.FORMATS)
+@pytest.mark.parametrize("fmt", [f for f in sources.FORMATS if f not in sources.POINTWISE_FORMATS])
 def test_empty_and_identical_answers_are_skipped_alike_in_every_format(tmp_path, fmt, caplog):
     rows = [_pair_row(fmt, "yes", "no"), _pair_row(fmt, "", "no"), _pair_row(fmt, "yes", " \n "),
             _pair_row(fmt, "same", "same"), _pair_row(fmt, "fine", "also fine")]

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,20 +22,14 @@ from genrm_jax.judge import prompts
 from genrm_jax.star import sample as star_sample
 from genrm_jax.star import select
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "experiments", "configs")
+from experiment_runs import REPO, environment, command as _cmd, config as _config, count_lines as _count_lines, \
+    jsonl as _jsonl, kill_when as _kill_when, run as _run, strict_json as _strict_json, tail as _tail
 
 
-def _strict_json(text):
-    def bad(constant):
-        raise ValueError(f"not strict JSON: {constant}")
 
-    return json.loads(text, parse_constant=bad)
-
-
-def _jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [_strict_json(x) for x in f.read().splitlines() if x.strip()]
+@pytest.fixture(scope="module")
+def env():
+    return environment()
 
 
 def _roundtrip(obj):
@@ -213,48 +206,6 @@ EXPERIMENTS = {  # name: (module, preset)
     "rationalizer": ("rationalizer", "smoke"),
     "rationalizer_ipo": ("rationalizer", "smoke_ipo"),
 }
-
-
-@pytest.fixture(scope="module")
-def env():
-    """The subprocesses' environment: the repository on the path and a persistent JAX compilation cache in the
-    tests' GENRM_JAX_HOME (conftest), so that the tiny model's computations compile once, not once per run and
-    STaR iteration (the first session fills it)."""
-    cache = os.path.join(os.environ["GENRM_JAX_HOME"], "jax-compilation-cache")
-    os.makedirs(cache, exist_ok=True)
-    return {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-def _cmd(module, preset, workdir, overrides=()):
-    return [sys.executable, "-m", f"experiments.{module}", "--workdir", str(workdir),
-            f"--config={CONFIGS}/{module}.py:{preset}", *overrides]
-
-
-def _run(cmd, env, log, timeout=420):
-    with open(log, "w") as out:
-        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
-    return r.returncode
-
-
-def _tail(log, n=4000):
-    with open(log, errors="replace") as f:
-        return f.read()[-n:]
-
-
-def _config(module, preset, overrides=()):
-    import importlib
-
-    c = importlib.import_module(f"experiments.configs.{module}").get_config(preset)
-    for o in overrides:
-        key, value = o[len("--config."):].split("=", 1)
-        *groups, leaf = key.split(".")
-        node = c
-        for g in groups:
-            node = node[g]
-        node[leaf] = type(node[leaf])(value)
-    return c
 
 
 def _parts(c):
@@ -442,40 +393,6 @@ def reference(tmp_path_factory, env):
     log = str(workdir) + ".log"
     assert _run(_cmd("star_dpo", "smoke", workdir, CRASH), env, log) == 0, _tail(log)
     return workdir
-
-
-def _kill_when(cmd, env, log, ready, timeout=300):
-    """Starts cmd, polls ready() and kills the process with SIGKILL as soon as it holds; returns what ready()
-    returned (truthy). The process gets its own copy of the compilation cache (JAX writes entries in place: a
-    kill could leave one cut short in the shared cache)."""
-    cache = log + ".jax-cache"
-    shutil.copytree(env["JAX_COMPILATION_CACHE_DIR"], cache)
-    env = {**env, "JAX_COMPILATION_CACHE_DIR": cache}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    t = time.time()
-    try:
-        while True:
-            got = ready()
-            if got:
-                os.kill(proc.pid, signal.SIGKILL)
-                assert proc.wait(timeout=60) == -signal.SIGKILL
-                return got
-            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill:\n" + _tail(log)
-            assert time.time() - t < timeout, "timed out waiting for the moment to kill"
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _count_lines(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def _same_rows(a, b):

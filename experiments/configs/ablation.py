@@ -14,7 +14,7 @@ import ml_collections
 
 from experiments.configs import presets
 
-METHODS = "genrm,bt_rm,pairrm,star_sft,star_dpo,rationalizer"
+METHODS = "genrm,bt_rm,pairrm,star_sft,star_dpo,rationalizer,self_rationalization"
 
 
 def get_config(arg: str | None = None):

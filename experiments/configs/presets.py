@@ -1,6 +1,6 @@
 r"""Shared presets of the training experiments (each experiment's config file starts from `base` and sets what is
 its own). Groups: `model`, `seed`, `data` (recipe.data), `judge` (the evaluation judge: api.JudgeConfig fields),
-`star` (star.loop.StarConfig), `train` (finetune.FinetuneConfig), `engine`, `eval.ks`.
+`star` (star.loop.StarConfig), `train` (finetune.FinetuneConfig), `engine`, `eval.ks`, `mesh` (data, fsdp, model).
 
   smoke    the tiny random model ("tiny-random"), a dozen pairs: seconds, for tests
   default  the embedded SmolLM2-135M-Instruct, HH-RLHF train / held-out, a stratified RewardBench sample,
@@ -35,9 +35,19 @@ def base(preset: str) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         learning_rate=1e-5, epochs=1, batch_size=4, max_len=448, buckets=(448,), beta=ml_collections.config_dict.placeholder(float),
         warmup_fraction=0.1, weight_decay=0.1, max_grad_norm=1.0, train_eos=True, remat_policy="dense", seed=0,
-        checkpoint_every=4, keep_checkpoints=1))
+        checkpoint_every=4, keep_checkpoints=1, accum_steps=1))
     c.engine = ml_collections.ConfigDict(dict(max_batch=32, cache_dtype="float32"))
     c.eval = ml_collections.ConfigDict(dict(ks=(1,)))
+    # The device mesh (sharding.mesh_from_config): -1 takes the devices left over. Pure data parallel by default;
+    # an 8B model on a pod needs fsdp (params and AdamW moments split) and/or model (tensor parallel) > 1.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    # Memory of one device for the planner's check before any weight loads (genrm_jax/plan.py); 0 = what the
+    # device reports (accelerators; XLA:CPU reports none, so on CPU there is no check unless this is set).
+    c.device_memory_gib = 0.0
+    # Which kernels compute the model (LlamaConfig.kernels): "auto" = the CPU kernels on one CPU device, XLA's
+    # under a mesh of several devices or on an accelerator; "xla" runs what TPUs and GPUs run, on any backend.
+    c.kernels = "auto"
+    c.compute_dtype = "float32"  # activations' dtype (the params stay float32); "bfloat16" on accelerators
 
     if preset == "smoke":
         c.model = "tiny-random"
@@ -61,7 +71,13 @@ def base(preset: str) -> ml_collections.ConfigDict:
         c.judge.update(k=16, temperature=1.0, top_p=0.95, max_new_tokens=1024, max_answer_tokens=None,
                        max_prompt_tokens=None)
         c.star.update(samples=32, max_new_tokens=1024, chunk=32)
-        c.train.update(learning_rate=1e-6, epochs=3, batch_size=32, max_len=4096, buckets=(1024, 2048, 4096),
-                       checkpoint_every=50)
+        # 32 pairs a step in 16 micro-batches of 2 and bf16 activations: an 8B model then fits on v5p-8 (the
+        # memory planner's figures in docs/scale-out.md; the whole batch at once needs 675 GiB per chip)
+        c.train.update(learning_rate=1e-6, epochs=3, batch_size=32, accum_steps=16, max_len=4096,
+                       buckets=(1024, 2048, 4096), checkpoint_every=50)
+        c.compute_dtype = "bfloat16"
         c.eval.ks = (1, 2, 4, 8, 16, 32)
+        # 8B weights + AdamW moments in fp32 are ~128 GB: split them over every device (train.batch_size must
+        # be a multiple of the device count), no pure data parallelism
+        c.mesh.update(data=1, fsdp=-1)
     return c

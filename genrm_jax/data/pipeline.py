@@ -14,6 +14,10 @@ left of the conversation prefix only, never from an answer, the target or the ve
 even with a one-token prefix the example is skipped. Both are counted in `Pipeline.stats`. The batch order is a
 pure function of (seed, epoch), laid out as a grain MapDataset over the whole run, so the iterator's state is a
 single index that checkpoints exactly.
+
+Multi-host: every process plans the same global batches and collates only its own rows of each (`rows`, from
+sharding.process_rows), so all processes step through the same length buckets in lockstep and together hold each
+global batch exactly once; train.train assembles the pieces into one global array.
 """
 from __future__ import annotations
 
@@ -219,16 +223,18 @@ def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int | None = None) -> dict:
+def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int | None = None, *,
+            real: int | None = None) -> dict:
     """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples).
 
     With `batch_size` larger than len(examples), the batch is filled to that size with copies of its first
     example that count for nothing: `valid` [B] is 0 for them (pair losses weight by it) and their loss mask
     is 0 (SFT weights by target tokens). Every batch of a run then has one shape per length bucket.
+    `real`: how many of `examples` count (default all; 0 for a stand-in batch of a process that has no rows).
     """
-    real = len(examples)
-    if batch_size is not None and batch_size > real:
-        examples = list(examples) + [examples[0]] * (batch_size - real)
+    real = len(examples) if real is None else real
+    if batch_size is not None and batch_size > len(examples):
+        examples = list(examples) + [examples[0]] * (batch_size - len(examples))
     n_seq = len(examples[0]["tokens"])
     shape = (len(examples), n_seq, length)
     tokens = np.full(shape, pad_id, np.int32)
@@ -252,25 +258,31 @@ def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int 
 
 
 class _Collate(grain.transforms.Map):
-    def __init__(self, examples, pad_id, batch_size):
-        self._examples, self._pad_id, self._batch_size = examples, pad_id, batch_size
+    def __init__(self, examples, pad_id, rows):
+        self._examples, self._pad_id, self._rows = examples, pad_id, rows
 
     def map(self, entry):
         length, idx = entry
-        return collate([self._examples[i] for i in idx], length, self._pad_id, self._batch_size)
+        start, stop = self._rows
+        mine = list(idx[start:stop])  # the last batch of a bucket may have no row for this process
+        picked = [self._examples[i] for i in (mine or idx[:1])]
+        return collate(picked, length, self._pad_id, stop - start, real=len(mine))
 
 
 class Pipeline:
     """Encoded examples of one kind, batched by length bucket over `epochs` seeded epochs.
 
     `iterator()` is a grain DatasetIterator whose `get_state()` the checkpointer saves; `len(self)` is the number
-    of optimiser steps the plan holds.
+    of optimiser steps the plan holds. `rows` (start, stop): the rows of every batch this process loads (all).
     """
 
     def __init__(self, records: Iterable[dict], kind: str, tokenizer, *, max_len: int, batch_size: int,
                  buckets: Sequence[int] | None = None, seed: int = 0, epochs: int = 1, train_eos: bool = False,
-                 drop_remainder: bool = True, progress: bool = True):
+                 drop_remainder: bool = True, progress: bool = True, rows: tuple[int, int] | None = None):
         self.kind, self.batch_size, self.seed, self.epochs = kind, batch_size, seed, epochs
+        self.rows = tuple(rows) if rows is not None else (0, batch_size)
+        if not 0 <= self.rows[0] < self.rows[1] <= batch_size:
+            raise ValueError(f"rows {self.rows} of a batch of {batch_size}: expected 0 <= start < stop <= batch_size")
         self.buckets = tuple(sorted(buckets)) if buckets else default_buckets(max_len)
         if self.buckets[-1] != max_len:
             raise ValueError(f"largest bucket {self.buckets[-1]} must equal max_len {max_len}")
@@ -287,7 +299,7 @@ class Pipeline:
         if not self.plan:
             raise DataError(f"{len(self.examples)} {kind} examples make no full batch of {batch_size} "
                             f"in any length bucket {self.buckets}")
-        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id, batch_size))
+        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id, self.rows))
 
     def __len__(self) -> int:
         return len(self.plan)

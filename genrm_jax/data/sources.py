@@ -14,6 +14,16 @@ Formats (`fmt`):
 - "ultrainteract": openbmb/UltraInteract_pair rows (`trajectory` of `{from, value}`, `chosen`, `rejected`).
 - "jsonl": the generic format: `prompt` (a string, or a list of `{role, content}`), `chosen`, `rejected`,
   optional `subset`, `category`, `id`.
+- "preference-collection": prometheus-eval/Preference-Collection rows (`orig_instruction`, `orig_response_A`,
+  `orig_response_B`, `orig_preference` "A"/"B", `orig_criteria`, `orig_score{1..5}_description`, optional
+  `orig_reference_answer`, `orig_feedback`); the record also holds `rubric`, `reference` and `feedback`.
+
+Pointwise format (`POINTWISE_FORMATS`), one response with a gold score instead of a pair:
+- "feedback-collection": prometheus-eval/Feedback-Collection rows (`orig_instruction`, `orig_response`,
+  optional `orig_reference_answer`, `orig_criteria`, `orig_score{1..5}_description`, `orig_score` 1-5,
+  optional `orig_feedback`; each field also without the `orig_` prefix) ->
+  {"id", "prompt", "response", "reference", "rubric", "score", "feedback", "subset", "category", "source"}.
+  A score outside 1-5 or a missing score description is a DataError; an empty response a skipped row.
 
 Files may be `.jsonl`, `.jsonl.gz`, a `.json` array, or `.parquet` (rows numbered from 1 like lines), in UTF-8.
 Malformed input (bad JSON, a byte that is not UTF-8, a missing or mistyped field) raises `DataError` naming file,
@@ -36,7 +46,9 @@ import os
 import re
 from typing import Callable, Iterator
 
-FORMATS = ("rewardbench", "hh-rlhf", "ultrafeedback", "ultrainteract", "jsonl")
+FORMATS = ("rewardbench", "hh-rlhf", "ultrafeedback", "ultrainteract", "jsonl", "preference-collection",
+           "feedback-collection")
+POINTWISE_FORMATS = ("feedback-collection",)
 ROLES = ("user", "assistant", "system")
 
 # Bundled copies (see files/README.md for origin and licence).
@@ -102,7 +114,9 @@ def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
         except _Skip as s:
             skipped.append(Skipped(where, str(s)))
             continue
-        problem = answer_problem({"chosen": rec["chosen"], "rejected": rec["rejected"]})
+        answers = ({"response": rec["response"]} if fmt in POINTWISE_FORMATS
+                   else {"chosen": rec["chosen"], "rejected": rec["rejected"]})
+        problem = answer_problem(answers)
         if problem:
             skipped.append(Skipped(where, problem[1]))
             continue
@@ -365,7 +379,54 @@ def _ultrainteract(row: dict, where: str, path: str) -> dict:
                    _field(row, "chosen", where), _field(row, "rejected", where), dataset, task, where)
 
 
+def _fc(row: dict, name: str, where: str, kind=str, optional: bool = False):
+    """Feedback/Preference-Collection field `orig_<name>`, or `<name>` in files without the prefix."""
+    return _field(row, _fc_name(row, name), where, kind, optional)
+
+
+def _fc_name(row: dict, name: str) -> str:
+    return f"orig_{name}" if any(k.startswith("orig_") for k in row) else name
+
+
+def _rubric(row: dict, where: str) -> str:
+    from genrm_jax.judge import prompts
+
+    return prompts.rubric(_fc(row, "criteria", where),
+                          [_fc(row, f"score{i}_description", where) for i in range(1, 6)])
+
+
+def _feedback_collection(row: dict, where: str, path: str) -> dict:
+    score = _fc(row, "score", where, (int, str))
+    field = _fc_name(row, "score")
+    if isinstance(score, str) and score.strip().isdigit():
+        score = int(score.strip())
+    if not isinstance(score, int) or not 1 <= score <= 5:
+        raise DataError(f"{where}: field {field!r} must be an integer score 1-5, got {score!r}")
+    rid = _field(row, "id", where, (str, int), optional=True)
+    return {"id": str(rid if rid is not None else _line(where)),
+            "prompt": [{"role": "user", "content": _fc(row, "instruction", where)}],
+            "response": _fc(row, "response", where), "reference": _fc(row, "reference_answer", where, optional=True),
+            "rubric": _rubric(row, where), "score": score, "feedback": _fc(row, "feedback", where, optional=True),
+            "subset": "feedback-collection", "category": "feedback-collection", "source": where}
+
+
+def _preference_collection(row: dict, where: str, path: str) -> dict:
+    preference = _fc(row, "preference", where)
+    if preference not in ("A", "B"):
+        raise DataError(f"{where}: field {_fc_name(row, 'preference')!r} must be 'A' or 'B', got {preference!r}")
+    a, b = _fc(row, "response_A", where), _fc(row, "response_B", where)
+    chosen, rejected = (a, b) if preference == "A" else (b, a)
+    rid = _field(row, "id", where, (str, int), optional=True)
+    rec = _record(rid if rid is not None else _line(where), [{"role": "user", "content": _fc(row, "instruction", where)}],
+                  chosen, rejected, "preference-collection", "preference-collection", where)
+    rec.update(rubric=_rubric(row, where), reference=_fc(row, "reference_answer", where, optional=True),
+               feedback=_fc(row, "feedback", where, optional=True))
+    return rec
+
+
 _ADAPTERS: dict[str, Callable[[dict, str, str], dict]] = {
+    "preference-collection": _preference_collection,
+    "feedback-collection": _feedback_collection,
     "rewardbench": _rewardbench,
     "hh-rlhf": _hh_rlhf,
     "ultrafeedback": _ultrafeedback,

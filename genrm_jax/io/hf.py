@@ -46,15 +46,20 @@ def _same(w):
     return w
 
 
-# (our layer key, HF name under model.layers.{i}., HF (out, in) -> ours, ours -> HF)
+# (our layer key, HF name under model.layers.{i}., HF (out, in) -> ours, ours -> HF). HF -> ours is a view of
+# the HF array (reshape of the contiguous array, then transpose), so a slice of it reads only that slice.
 def _layer_table(c: llama.LlamaConfig):
     D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     return [
         ("attn_norm", "input_layernorm.weight", _same, _same),
-        ("wq", "self_attn.q_proj.weight", lambda w: w.T.reshape(D, H, Dh), lambda w: w.reshape(D, H * Dh).T),
-        ("wk", "self_attn.k_proj.weight", lambda w: w.T.reshape(D, K, Dh), lambda w: w.reshape(D, K * Dh).T),
-        ("wv", "self_attn.v_proj.weight", lambda w: w.T.reshape(D, K, Dh), lambda w: w.reshape(D, K * Dh).T),
-        ("wo", "self_attn.o_proj.weight", lambda w: w.T.reshape(H, Dh, D), lambda w: w.reshape(H * Dh, D).T),
+        ("wq", "self_attn.q_proj.weight", lambda w: w.reshape(H, Dh, D).transpose(2, 0, 1),
+         lambda w: w.reshape(D, H * Dh).T),
+        ("wk", "self_attn.k_proj.weight", lambda w: w.reshape(K, Dh, D).transpose(2, 0, 1),
+         lambda w: w.reshape(D, K * Dh).T),
+        ("wv", "self_attn.v_proj.weight", lambda w: w.reshape(K, Dh, D).transpose(2, 0, 1),
+         lambda w: w.reshape(D, K * Dh).T),
+        ("wo", "self_attn.o_proj.weight", lambda w: w.reshape(D, H, Dh).transpose(1, 2, 0),
+         lambda w: w.reshape(H * Dh, D).T),
         ("mlp_norm", "post_attention_layernorm.weight", _same, _same),
         ("w_gate", "mlp.gate_proj.weight", lambda w: w.T, lambda w: w.T),
         ("w_up", "mlp.up_proj.weight", lambda w: w.T, lambda w: w.T),
@@ -130,21 +135,14 @@ def _np_dtype(name: str):
 def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> llama.Params:
     """Reads weights into the param layout of `config` (`scan_layers`), in `config.param_dtype`.
 
-    `shardings`: optional pytree of `jax.sharding.Sharding` matching the params (see sharding.py); each
-    device then receives only its shard.
+    `shardings`: optional pytree of `jax.sharding.Sharding` matching the params (see sharding.py); each device
+    then receives only its shard, read straight from the files (`_load_sharded`): no host ever holds a whole copy.
     """
     tensors = check_checkpoint(model_dir, config)
+    if shardings is not None:
+        return _load_sharded(tensors, config, shardings)
     dtype = _np_dtype(config.param_dtype)
     shapes = llama.param_shapes(config)
-    shard_leaves = None
-    if shardings is not None:
-        shard_leaves = dict(zip(_leaf_keys(shapes), jax.tree.leaves(shardings)))
-
-    def place(key, arr):
-        # device_put of a 64-byte aligned host array aliases it on CPU: no second copy of the weights.
-        if shard_leaves is None:
-            return jax.device_put(arr)
-        return jax.make_array_from_callback(arr.shape, shard_leaves[key], lambda idx: arr[idx])
 
     def fill(dst, info, to_ours):
         if to_ours is _same and info.dtype == dst.dtype:
@@ -152,11 +150,12 @@ def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> ll
         else:
             dst[...] = to_ours(st.read_tensor(info))
 
+    # device_put of a 64-byte aligned host array aliases it on CPU: no second copy of the weights.
     params: dict = {"layers": {}}
     for key, name, to_ours, _ in _top_table(config):
         leaf = _aligned_empty(shapes[key][0], dtype)
         fill(leaf, tensors[name], to_ours)
-        params[key] = place(key, leaf)
+        params[key] = jax.device_put(leaf)
         del leaf
     if not config.scan_layers:
         params["layers"] = [{} for _ in range(config.num_layers)]
@@ -165,15 +164,57 @@ def load_params(model_dir: str, config: llama.LlamaConfig, shardings=None) -> ll
             stacked = _aligned_empty(shapes["layers"][key][0], dtype)
             for i in range(config.num_layers):
                 fill(stacked[i], tensors[f"model.layers.{i}.{name}"], to_ours)
-            params["layers"][key] = place("layers/" + key, stacked)
+            params["layers"][key] = jax.device_put(stacked)
             del stacked
             continue
         for i, layer in enumerate(params["layers"]):
             leaf = _aligned_empty(_layer_shape(shapes, key), dtype)
             fill(leaf, tensors[f"model.layers.{i}.{name}"], to_ours)
-            layer[key] = place(f"layers/{i}/{key}", leaf)
+            layer[key] = jax.device_put(leaf)
             del leaf
     return params
+
+
+def _read_slice(info: st.TensorInfo, to_ours, index: tuple, dtype) -> np.ndarray:
+    """Slice `index` of one tensor in our layout, copied out of its memory map (only the slice's bytes)."""
+    return np.array(to_ours(st.tensor_view(info))[index], dtype=dtype)
+
+
+def _load_sharded(tensors: dict[str, st.TensorInfo], config: llama.LlamaConfig, shardings) -> llama.Params:
+    """Every leaf built by jax.make_array_from_callback: JAX asks for the slice each local device holds, and the
+    callback reads that slice from the file (a stacked leaf: the slice of each layer in the slice's layer range)."""
+    dtype = _np_dtype(config.param_dtype)
+    shapes = llama.param_shapes(config)
+    shard_of = dict(zip(_leaf_keys(shapes), jax.tree.leaves(shardings)))
+
+    def leaf(key, shape, to_ours, infos, stacked):
+        def read(index):
+            if not stacked:
+                return _read_slice(infos[0], to_ours, index, dtype)
+            layers = range(*index[0].indices(len(infos)))
+            return np.stack([_read_slice(infos[i], to_ours, index[1:], dtype) for i in layers])
+        return jax.make_array_from_callback(shape, shard_of[key], read)
+
+    params: dict = {"layers": {} if config.scan_layers else [{} for _ in range(config.num_layers)]}
+    for key, name, to_ours, _ in _top_table(config):
+        params[key] = leaf(key, shapes[key][0], to_ours, [tensors[name]], False)
+    for key, name, to_ours, _ in _layer_table(config):
+        infos = [tensors[f"model.layers.{i}.{name}"] for i in range(config.num_layers)]
+        if config.scan_layers:
+            params["layers"][key] = leaf("layers/" + key, shapes["layers"][key][0], to_ours, infos, True)
+            continue
+        for i, layer in enumerate(params["layers"]):
+            layer[key] = leaf(f"layers/{i}/{key}", _layer_shape(shapes, key), to_ours, infos[i:i + 1], False)
+    return params
+
+
+def _on_host(x) -> np.ndarray:
+    """The whole array on this host; a collective (every process must call it) when other hosts hold parts."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def _layer_shape(shapes, key) -> tuple:
@@ -231,21 +272,32 @@ def apply_umask(path: str) -> None:
 def save_hf(params: llama.Params, config: llama.LlamaConfig, out_dir: str, *, tokenizer_dir: str | None = None,
             dtype: str | None = None, max_shard_bytes: int = 4 << 30) -> None:
     """Writes a directory that `transformers` loads as LlamaForCausalLM (weights, config, tokenizer). Files get the
-    modes of the process umask, like any other file the user writes (see `apply_umask`)."""
+    modes of the process umask, like any other file the user writes (see `apply_umask`).
+
+    Params sharded over a multi-host mesh are gathered leaf by leaf, which takes every process: all of them call
+    this, and only the main one writes.
+    """
     from safetensors.numpy import save_file
 
-    os.makedirs(out_dir, exist_ok=True)
+    from genrm_jax import distributed
+
     dtype = dtype or config.param_dtype
     np_dtype = _np_dtype(dtype)
     params = llama.stack_layers(params)
 
     def tensors():
         for key, name, _, to_hf in _top_table(config):
-            yield name, to_hf(np.asarray(jax.device_get(params[key])))
+            yield name, to_hf(_on_host(params[key]))
         for key, name, _, to_hf in _layer_table(config):
-            stacked = np.asarray(jax.device_get(params["layers"][key]))
+            stacked = _on_host(params["layers"][key])
             for i in range(config.num_layers):
                 yield f"model.layers.{i}.{name}", to_hf(stacked[i])
+
+    if not distributed.is_main_process():
+        for _ in tensors():  # the same gathers as the main process, in the same order
+            pass
+        return
+    os.makedirs(out_dir, exist_ok=True)
 
     shards, current, size = [], {}, 0
     for name, w in tensors():

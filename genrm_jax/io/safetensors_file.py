@@ -78,3 +78,9 @@ def read_tensor(info: TensorInfo, out: np.ndarray | None = None) -> np.ndarray:
     if got != info.end - info.start:
         raise SafetensorsError(f"{info.path}: short read for tensor {info.name!r}")
     return buf
+
+
+def tensor_view(info: TensorInfo) -> np.ndarray:
+    """A read-only memory map of one tensor: slicing it reads only the pages the slice touches (a host loading
+    its shards of a model it cannot hold whole)."""
+    return np.memmap(info.path, dtype=info.dtype, mode="r", offset=info.start, shape=info.shape)

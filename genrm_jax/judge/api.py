@@ -204,13 +204,18 @@ class Judge:
     # ------------------------------------------------------------------------------------------------ API
 
     def compare(self, conversations: Sequence[list[dict]], answers_a: Sequence[str], answers_b: Sequence[str],
-                *, progress: bool = False, hints: Sequence[str] | None = None) -> Judgment:
+                *, progress: bool = False, hints: Sequence[str] | None = None,
+                rubrics: Sequence[str] | None = None) -> Judgment:
         """`hints` (cot only): the better answer of each pair in the caller's labels ("A" / "B"); the judge
-        then sees the Rationalizer prompt, which names the better answer and asks why (STaR rationalization)."""
+        then sees the Rationalizer prompt, which names the better answer and asks why (STaR rationalization),
+        or, with the `pairwise` prompt, that prompt with the label given. `rubrics`: one rubric per pair for the
+        `pairwise` prompt (prompts.rubric_for; default prompts.DEFAULT_RUBRIC); other prompts have none."""
         n = len(conversations)
         if hints is not None and (self.config.method != "cot" or len(hints) != n
                                   or any(h not in ("A", "B") for h in hints)):
             raise ValueError(f"hints: expected {n} labels 'A' / 'B', and only with method 'cot'")
+        if rubrics is not None and (self.config.prompt != "pairwise" or len(rubrics) != n):
+            raise ValueError(f"rubrics: expected {n} rubrics, and only with the 'pairwise' prompt")
         if not (len(answers_a) == len(answers_b) == n):
             raise ValueError(f"got {n} conversations, {len(answers_a)} answers A, {len(answers_b)} answers B")
         if n == 0:
@@ -221,7 +226,7 @@ class Judge:
         answers_b = [prompts.truncate(tok, b, cfg.max_answer_tokens) for b in answers_b]
         swapped = presentation(n, cfg.position, cfg.seed)
         if cfg.method == "cot":
-            return self._cot(conversations, answers_a, answers_b, swapped, progress, hints)
+            return self._cot(conversations, answers_a, answers_b, swapped, progress, hints, rubrics)
         if cfg.method == "genrm":
             return self._genrm(conversations, answers_a, answers_b, swapped)
         return self._head(conversations, answers_a, answers_b, swapped, progress)
@@ -234,7 +239,23 @@ class Judge:
 
     # -------------------------------------------------------------------------------------------- methods
 
-    def _shown(self, builder, conversations, answers_a, answers_b, swapped, hints=None):
+    def builder(self, rubric: str | None = None, hint: str | None = None):
+        """The prompt builder `(conversation, answer_a, answer_b) -> messages` of this judge's prompt, with a
+        rubric (`pairwise`) and the label shown as a hint ("A" / "B" in the order shown), when given."""
+        if self.config.method == "genrm":
+            return prompts.genrm
+        name = self.config.prompt
+        kwargs = {}
+        if rubric is not None and name == "pairwise":
+            kwargs["rubric"] = rubric
+        if hint is not None:
+            if name == "pairwise":
+                kwargs["winner"] = hint
+            else:  # the judge prompt's hinted form is the Rationalizer prompt
+                return functools.partial(prompts.rationalizer, winner=hint)
+        return functools.partial(prompts.PAIRWISE[name], **kwargs) if kwargs else prompts.PAIRWISE[name]
+
+    def _shown(self, builder, conversations, answers_a, answers_b, swapped, hints=None, rubrics=None):
         """(token ids of every judged (pair, order) prompt, pair-major; the judged pairs' indices; skipped
         {pair: reason}; truncated [N]). Each prompt is fitted to `prompt_budget()` (see `prompts.fit`)."""
         budget, tok = self.prompt_budget(), self.model.tokenizer
@@ -245,9 +266,9 @@ class Judge:
             for s in swapped[i]:
                 a, b = (answers_b[i], answers_a[i]) if s else (answers_a[i], answers_b[i])
                 build = builder
-                if hints is not None:  # the hint names the better answer as shown in this order
-                    shown = hints[i] if not s else ("B" if hints[i] == "A" else "A")
-                    build = functools.partial(prompts.rationalizer, winner=shown)
+                if hints is not None or rubrics is not None:  # a hint names the better answer as shown here
+                    shown = None if hints is None else hints[i] if not s else ("B" if hints[i] == "A" else "A")
+                    build = self.builder(None if rubrics is None else rubrics[i], shown)
                 f = prompts.fit(tok, build, conv, a, b, budget)
                 if f.ids is None:
                     skipped[i] = (f"too long: the judge prompt is {f.bare_tokens} tokens with no conversation "
@@ -264,12 +285,12 @@ class Judge:
         truncated[list(skipped)] = False
         return ids, judged, skipped, truncated
 
-    def _cot(self, conversations, answers_a, answers_b, swapped, progress, hints=None):
+    def _cot(self, conversations, answers_a, answers_b, swapped, progress, hints=None, rubrics=None):
         from genrm_jax.sampling import SamplingParams
 
         cfg = self.config
         ids, judged, skipped, truncated = self._shown(prompts.PAIRWISE[cfg.prompt], conversations, answers_a,
-                                                      answers_b, swapped, hints)
+                                                      answers_b, swapped, hints, rubrics)
         style = prompts.VERDICT_STYLE[cfg.prompt]
         stops = tuple(cfg.stop_strings)
         if cfg.verdict == "force":  # stop where the judge starts its own verdict: the prefix is appended for it
@@ -307,35 +328,18 @@ class Judge:
         return Judgment(p_a, votes, swapped, rationales, skipped, truncated, sample_p)
 
     def _force(self, prompt_ids, outs, style):
-        """Forced verdicts: for each judgment, the rationale (its text up to where it began a verdict) plus the
-        verdict prefix is scored in one forward pass, and the verdict drawn from the two labels' next-token
-        probabilities at the judge's temperature (argmax when greedy) with a uniform seeded by (seed, prompt,
-        sample): the same draw whatever the batch. Returns per prompt and sample: the judgment text with its
-        verdict written out, P(shown A), and the label."""
-        cfg, tok = self.config, self.model.tokenizer
-        prefix = prompts.VERDICT_PREFIX[style]
-        seqs, owners = [], []
-        for r, (ids, completions) in enumerate(zip(prompt_ids, outs)):
-            for j, c in enumerate(completions):
-                rationale = c.text.rstrip()
-                seqs.append(list(ids) + list(tok.encode(rationale + prefix, add_special_tokens=False)))
-                owners.append((r, j, rationale))
-        label_ids = [t[-1] for t in self._verdict_labels]
-        lp = np.asarray(self.engine.score_next_token(seqs, label_ids), np.float64)  # [rows, 2]
+        """Forced verdicts (see `forced`): per prompt and sample, the judgment text with its verdict written out,
+        P(shown A) and the label."""
+        cfg = self.config
+        rows = forced(self.engine, self.model.tokenizer, prompt_ids, outs, style, self._verdict_labels,
+                      cfg.temperature, cfg.seed)
         texts = [[None] * len(c) for c in outs]
         p_shown = [[None] * len(c) for c in outs]
         labels = [[None] * len(c) for c in outs]
-        for (r, j, rationale), (la, lb) in zip(owners, lp):
-            p_a = 1.0 / (1.0 + np.exp(lb - la))
-            if cfg.temperature == 0.0:
-                label = "A" if p_a >= 0.5 else "B"
-            else:
-                q = 1.0 / (1.0 + np.exp((lb - la) / cfg.temperature))
-                u = np.random.default_rng([cfg.seed, zlib.crc32(np.asarray(prompt_ids[r], np.int32).tobytes()),
-                                           j]).random()
-                label = "A" if u < q else "B"
+        for r, j, rationale, probs, drawn in rows:
+            label = "AB"[drawn]
             texts[r][j] = prompts.with_verdict(rationale, label, style)
-            p_shown[r][j], labels[r][j] = p_a, label
+            p_shown[r][j], labels[r][j] = float(probs[0]), label
         return texts, p_shown, labels
 
     def _genrm(self, conversations, answers_a, answers_b, swapped):
@@ -388,8 +392,38 @@ class Judge:
         return Judgment(p_a, votes, swapped, [[] for _ in range(n)], skipped, truncated)
 
 
+def forced(engine, tokenizer, prompt_ids, outs, style: str, label_tokens, temperature: float, seed: int):
+    """Forced verdicts: for each judgment, the rationale (its text up to where it began a verdict) plus the
+    verdict prefix is scored in one forward pass; the labels' next-token probabilities, renormalised over the
+    labels, are the verdict's distribution, and the verdict is drawn from it at `temperature` (argmax when 0)
+    with a uniform seeded by (seed, prompt, sample): the same draw whatever the batch. Returns one row per
+    (prompt r, sample j): (r, j, rationale, probabilities [labels] float64, index of the drawn label)."""
+    prefix = prompts.VERDICT_PREFIX[style]
+    seqs, owners = [], []
+    for r, (ids, completions) in enumerate(zip(prompt_ids, outs)):
+        for j, c in enumerate(completions):
+            rationale = c.text.rstrip()
+            seqs.append(list(ids) + list(tokenizer.encode(rationale + prefix, add_special_tokens=False)))
+            owners.append((r, j, rationale))
+    if not seqs:
+        return []
+    lp = np.asarray(engine.score_next_token(seqs, [t[-1] for t in label_tokens]), np.float64)  # [rows, labels]
+    rows = []
+    for (r, j, rationale), logp in zip(owners, lp):
+        probs = np.exp(logp - logp.max())
+        probs /= probs.sum()
+        if temperature == 0.0:
+            drawn = int(np.argmax(probs))
+        else:
+            q = np.exp((logp - logp.max()) / temperature)
+            u = np.random.default_rng([seed, zlib.crc32(np.asarray(prompt_ids[r], np.int32).tobytes()), j]).random()
+            drawn = int(min(np.searchsorted(np.cumsum(q / q.sum()), u, side="right"), len(q) - 1))
+        rows.append((r, j, rationale, probs, drawn))
+    return rows
+
+
 def verdict_label_tokens(tokenizer, style: str) -> list[list[int]]:
-    """Token ids of VERDICT_PREFIX + label for the labels A and B; each must end in one token of its own
+    """Token ids of VERDICT_PREFIX + label for each label of the style (A and B; 1-5); each must end in one token of its own
     (the label) after the prefix's tokens, so that one next-token distribution holds the whole verdict."""
     prefix = prompts.VERDICT_PREFIX[style]
     base = list(tokenizer.encode(prefix, add_special_tokens=False))

@@ -27,12 +27,13 @@ import numpy as np
 
 from genrm_jax import evaluation
 from genrm_jax.data import sources, splits
-from genrm_jax.judge import api
+from genrm_jax.judge import api, prompts
 
 # What a plain language model can judge with; "bt" and "pairrm" score with a trained scalar reward head.
 ZERO_SHOT_METHODS = ("cot", "genrm")
 HEAD_METHODS = tuple(m for m in api.METHODS if m not in ZERO_SHOT_METHODS)
 DATASETS = ("rewardbench", "hh-rlhf")
+RUBRIC_PROMPTS = ("pairwise", "pointwise")  # judges whose prompt holds a rubric (prompts.rubric_for each pair)
 
 
 class ConfigError(ValueError):
@@ -214,7 +215,8 @@ def evaluate(judge, records: list[dict], *, seed: int = 0, ks: Sequence[int] = e
     a_is_chosen = splits.a_is_chosen(records, seed=seed)
     ans_a = [r["chosen"] if f else r["rejected"] for r, f in zip(records, a_is_chosen)]
     ans_b = [r["rejected"] if f else r["chosen"] for r, f in zip(records, a_is_chosen)]
-    j = judge.compare([r["prompt"] for r in records], ans_a, ans_b, progress=progress)
+    rubrics = {"rubrics": [prompts.rubric_for(r) for r in records]} if judge.config.prompt in RUBRIC_PROMPTS else {}
+    j = judge.compare([r["prompt"] for r in records], ans_a, ans_b, progress=progress, **rubrics)
     p_chosen, votes = evaluation.to_chosen(j.p_a, j.votes, a_is_chosen)
     rep = evaluation.dataset_report(records, p_chosen, votes, invalid_score=judge.config.invalid_score,
                                     ks=tuple(check_ks(ks)))

@@ -1,7 +1,8 @@
 """Causal grouped-query self-attention over full sequences (prefill and training), without repeating K/V.
 
-Accelerators get one batched contraction (where a fused attention kernel belongs). XLA:CPU gets a layout
-found by measurement (4 x 512 and 32 x 320 tokens, SmolLM2 shapes):
+`kernels="xla"` (accelerators; `LlamaConfig.kernels` decides) is one batched contraction, where a fused attention
+kernel belongs. `kernels="cpu"` is a layout found by measurement on XLA:CPU (4 x 512 and 32 x 320 tokens, SmolLM2
+shapes):
 - the batch two rows at a time (`lax.map`), so each chunk's [K, G*T, S] scores stay in cache through mask,
   softmax and the second contraction: 2.2x faster forward, 1.3x faster forward + backward;
 - the queries cut into `_CAUSAL_BLOCKS` blocks that each read only the keys up to their own end (the rest are
@@ -21,14 +22,14 @@ _CAUSAL_BLOCKS = 4
 _MIN_BLOCK = 32
 
 
-def self_attention(q, k, v, mask):
+def self_attention(q, k, v, mask, kernels: str = "xla"):
     """q [B, T, H, Dh]; k, v [B, T, K, Dh]; mask [B, T, T] bool (True = may attend) -> [B, T, H, Dh].
 
-    The mask must be causal (as `llama.causal_mask` makes it): on CPU, keys after a query block are skipped
-    without looking at the mask.
+    The mask must be causal (as `llama.causal_mask` makes it): the "cpu" kernels skip the keys after a query
+    block without looking at the mask.
     """
     kc, vc = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, T, Dh]
-    if jax.default_backend() != "cpu":
+    if kernels != "cpu":
         return attention_kv_major(q, kc, vc, mask)
     b = q.shape[0]
     rows = _CPU_ROWS if b % _CPU_ROWS == 0 else 1

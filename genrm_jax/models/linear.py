@@ -5,8 +5,8 @@ dy. XLA:CPU's GEMM takes that only with one operand transposed, and its layout a
 operand inside the loop fusion that produced it (silu(gate) * up in the MLP): a strided loop that cost ~2 s of
 a 17 s training step (SmolLM2, 4 x 512 tokens), and it computed that elementwise work twice, once per layout.
 The VJPs here transpose the narrower of x and dy as a plain copy and contract in the orientation the kernel
-takes directly: fwd + bwd 17.0 -> 14.3 s on this 2-core CPU. Accelerators keep plain autodiff, where sharding
-propagation is best understood.
+takes directly: fwd + bwd 17.0 -> 14.3 s on this 2-core CPU. `kernels="xla"` (accelerators; `LlamaConfig.kernels`
+decides) keeps plain autodiff, where sharding propagation is best understood.
 
 Every output is tagged `DENSE` (a `checkpoint_name`), so the remat policy "dense" keeps exactly the weight
 matmuls' outputs: a custom VJP hides its dot from JAX's dot-based policies.
@@ -23,14 +23,11 @@ from jax.ad_checkpoint import checkpoint_name
 DENSE = "dense"
 
 
-def _on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
-
-
-def dense(x, w, axes: int = 1):
-    """Contract the last `axes` axes of x with the first `axes` of w: [..., *in] x [*in, *out] -> [..., *out]."""
+def dense(x, w, axes: int = 1, kernels: str = "xla"):
+    """Contract the last `axes` axes of x with the first `axes` of w: [..., *in] x [*in, *out] -> [..., *out].
+    `kernels`: "cpu" (the VJP above) or "xla" (autodiff)."""
     w = w.astype(x.dtype)
-    y = (_dense_cpu if _on_cpu() else _matmul)(x, w, axes)
+    y = (_dense_cpu if kernels == "cpu" else _matmul)(x, w, axes)
     return checkpoint_name(y, DENSE)
 
 
@@ -75,9 +72,9 @@ def _transposed(a):
 _dense_cpu.defvjp(_dense_fwd, _dense_bwd)
 
 
-def unembed_tied(hidden, embedding):
+def unembed_tied(hidden, embedding, kernels: str = "xla"):
     """hidden [..., D] x embedding [V, D] -> float32 logits [..., V]."""
-    return (_unembed_cpu if _on_cpu() else _logits)(hidden, embedding.astype(hidden.dtype))
+    return (_unembed_cpu if kernels == "cpu" else _logits)(hidden, embedding.astype(hidden.dtype))
 
 
 def _logits(hidden, embedding):

@@ -2,7 +2,12 @@
 
 Params are a plain dict pytree. By default per-layer weights are stacked along a leading "layers" axis so that
 the layer loop is a `lax.scan` (one compiled layer, cheap remat); with `scan_layers=False` they are a list of
-per-layer dicts and the loop is unrolled (`unstack_layers` / `stack_layers` convert; the sampler always unrolls).
+per-layer dicts and the loop is unrolled (`unstack_layers` / `stack_layers` convert; `run_layers` runs either).
+
+The layer maths (`layer`: norms, RoPE, attention, MLP, residuals) is written once. Where activations live and
+which kernels compute them is a *layout* argument: `RowMajor` here ([B, T, D], the weights as stored; training
+and the sampler on accelerators) or `feature_major.FeatureMajor` (the CPU sampler's [D, tokens]). Which kernels
+run is `LlamaConfig.kernels`, resolved once at trace time by `resolve_kernels`.
 
 Weight layout (HF's (out, in) matrices are transposed and split per head on import):
   embed [V, D]; wq [D, H, Dh]; wk, wv [D, K, Dh]; wo [H, Dh, D]; w_gate, w_up [D, F]; w_down [F, D].
@@ -18,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from genrm_jax.models.attention import self_attention
+from genrm_jax.models import attention
 from genrm_jax.models.linear import DENSE, dense, unembed_tied
 
 Params = dict[str, Any]
 
 _SUPPORTED_MODEL_TYPES = ("llama",)
 _SUPPORTED_ACTIVATIONS = ("silu",)
+KERNELS = ("auto", "cpu", "xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +68,16 @@ class LlamaConfig:
     # recomputations (RMS norms, sigmoids, transposed activations; each needs only forward values) during the
     # forward pass, so they stay alive as if saved; a scanned layer's backward cannot start before its turn.
     scan_layers: bool = True
+    # Which kernels compute the layers: "xla" = plain XLA ops and autodiff (what accelerators and sharding
+    # propagation want); "cpu" = the hand-tuned XLA:CPU variants (models/linear.py and attention.py: custom
+    # backward passes, blocked causal attention; the sampler's feature-major layout, models/feature_major.py);
+    # "auto" = "cpu" when JAX's default backend is the CPU, else "xla" (see `resolve_kernels`). The numbers are
+    # the same either way (tests run both); only speed and memory differ.
+    kernels: str = "auto"
 
     def __post_init__(self):
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels={self.kernels!r}: expected one of {KERNELS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
 
@@ -250,11 +264,22 @@ def stack_layers(params: Params) -> Params:
 # --------------------------------------------------------------------------------------------- compute
 
 
-def rms_norm(x, weight, eps):
-    # Statistics in fp32, the weight multiplied in the input dtype, as Hugging Face does.
+def resolve_kernels(config: LlamaConfig) -> str:
+    """`config.kernels` with "auto" decided: "cpu" when JAX's default backend is the CPU, else "xla". Called at
+    trace time by whoever builds the computation (`forward`, the sampler's Engine), never inside a kernel."""
+    if config.kernels != "auto":
+        return config.kernels
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+
+
+def rms_norm(x, weight, eps, axis: int = -1):
+    """Normalises x over its feature axis `axis` (-1 for [..., D], 0 for feature-major [D, T]).
+    Statistics in fp32, the weight multiplied in the input dtype, as Hugging Face does."""
     xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return weight.astype(x.dtype) * xf.astype(x.dtype)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=axis, keepdims=True) + eps)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return weight.astype(x.dtype).reshape(shape) * xf.astype(x.dtype)
 
 
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
@@ -275,7 +300,7 @@ def rope(positions, config: LlamaConfig, max_position: int | None = None):
     """(cos, sin), each [B, T, Dh/2], for integer positions [B, T]: computed once and shared by all layers.
 
     With a static bound `max_position` (> every position) the values are looked up in a table built at trace
-    time, which the sampler's unrolled layers use: there XLA fuses in-graph cos and sin into every layer's
+    time, which the sampler uses: in its unrolled layers XLA fuses in-graph cos and sin into every layer's
     rotation and recomputes them per element of every head (measured: ~5% of the op time of a 32-row decode
     step, though the wall-clock gain, 0-4%, is within this machine's noise).
     """
@@ -295,31 +320,77 @@ def apply_rope(x, rope):
     return out.astype(x.dtype)
 
 
-def mlp(lp, x):
-    gate, up = dense(x, lp["w_gate"]), dense(x, lp["w_up"])
-    # Tagged like the matmul outputs: remat "dense" keeps it, so the backward transposes a stored buffer
-    # instead of recomputing silu inside a strided transpose loop.
-    return dense(checkpoint_name(jax.nn.silu(gate) * up, DENSE), lp["w_down"])
+class RowMajor:
+    """The layout of training and of the sampler on accelerators: activations [B, T, D] (tokens as rows), the
+    weights as stored. A layout is what `layer` asks of the data: normalise, project to heads and back, the MLP's
+    matmuls, self-attention; and, for the sampler, embed tokens, take each sequence's last position, unembed.
+    The attention hooks of `layer` always see row-major [B, T, heads, Dh] tensors, whatever the layout."""
+
+    def __init__(self, config: LlamaConfig):
+        self.config = config
+        self.kernels = resolve_kernels(config)
+
+    def embed(self, params, tokens):
+        return embed(params, tokens, self.config)
+
+    def norm(self, x, weight):
+        return rms_norm(x, weight, self.config.rms_norm_eps)
+
+    def heads(self, x, w):
+        """x [B, T, D] x w [D, N, Dh] -> [B, T, N, Dh]."""
+        return dense(x, w, kernels=self.kernels)
+
+    def merge_heads(self, a, w):
+        """a [B, T, H, Dh] x wo [H, Dh, D] -> [B, T, D]."""
+        return dense(a, w, axes=2, kernels=self.kernels)
+
+    def dense(self, x, w):
+        return dense(x, w, kernels=self.kernels)
+
+    def attend(self, q, k, v, mask):
+        return attention.self_attention(q, k, v, mask, self.kernels)
+
+    def last(self, x):
+        """Each sequence's last position: [B, T, D] -> [B, D]."""
+        return x[:, -1]
+
+    def logits(self, params, hidden):
+        return unembed(params, hidden, self.config)
 
 
-def qkv(lp, x, rope):
-    q, k, v = dense(x, lp["wq"]), dense(x, lp["wk"]), dense(x, lp["wv"])
-    return apply_rope(q, rope), apply_rope(k, rope), v
-
-
-def layer(lp, x, rope, mask, config, kv_update=None, attend=self_attention):
-    """One decoder layer. `kv_update(k, v) -> (k_all, v_all)` lets the sampler splice in its KV cache, and
-    `attend(q, k_all, v_all, mask)` reads them in whatever layout that cache keeps (the sampler's
-    shared-prompt attention)."""
-    h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
-    q, k, v = qkv(lp, h, rope)
+def layer(lp, x, rope, mask, config, *, layout=None, kv_update=None, attend=None):
+    """One decoder layer on x in `layout` (default `RowMajor(config)`). `kv_update(k, v) -> (k_all, v_all)`
+    lets the sampler splice in its KV cache, and `attend(q, k_all, v_all, mask)` (default: the layout's causal
+    self-attention) reads them in whatever layout that cache keeps (the sampler's shared-prompt attention)."""
+    ops = layout or RowMajor(config)
+    h = ops.norm(x, lp["attn_norm"])
+    q = apply_rope(ops.heads(h, lp["wq"]), rope)
+    k = apply_rope(ops.heads(h, lp["wk"]), rope)
+    v = ops.heads(h, lp["wv"])
     if kv_update is not None:
         k, v = kv_update(k, v)
     # Kept by remat "dense" like a matmul output: the attention backward recomputes its own probabilities, so
     # nothing else needs the attention forward again.
-    a = checkpoint_name(attend(q, k, v, mask), DENSE)
-    x = x + dense(a, lp["wo"], axes=2)
-    return x + mlp(lp, rms_norm(x, lp["mlp_norm"], config.rms_norm_eps))
+    a = checkpoint_name((attend or ops.attend)(q, k, v, mask), DENSE)
+    x = x + ops.merge_heads(a, lp["wo"])
+    h = ops.norm(x, lp["mlp_norm"])
+    # Tagged like the matmul outputs: remat "dense" keeps it, so the backward transposes a stored buffer
+    # instead of recomputing silu inside a strided transpose loop.
+    hidden = checkpoint_name(jax.nn.silu(ops.dense(h, lp["w_gate"])) * ops.dense(h, lp["w_up"]), DENSE)
+    return x + ops.dense(hidden, lp["w_down"])
+
+
+def run_layers(body, x, layers, *per_layer):
+    """Threads x through every layer: `body(x, lp, *per_layer_i) -> (x, out_i)`. Stacked layers (and stacked
+    `per_layer` state, e.g. a KV cache [L, ...]) run as one `lax.scan`, whose outputs come back stacked; a list of
+    per-layer dicts (with per-layer tuples of state) runs unrolled, its outputs a tuple, one per layer."""
+    if isinstance(layers, (list, tuple)):
+        outs = []
+        for i, lp in enumerate(layers):
+            x, out = body(x, lp, *(state[i] for state in per_layer))
+            outs.append(out)
+        return x, tuple(outs)
+    return jax.lax.scan(lambda x, xs: body(x, *xs), x, (layers, *per_layer))
 
 
 def embed(params, tokens, config):
@@ -327,11 +398,11 @@ def embed(params, tokens, config):
 
 
 def unembed(params, hidden, config):
-    """Final norm is *not* applied here: `hidden` is already normed."""
+    """Final norm is *not* applied here: `hidden` [..., D] is already normed."""
     if config.tie_word_embeddings:
-        return unembed_tied(hidden, params["embed"])
+        return unembed_tied(hidden, params["embed"], resolve_kernels(config))
     w = params["lm_head"].astype(hidden.dtype)
-    return checkpoint_name(jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32), DENSE)
+    return checkpoint_name(jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32), DENSE)
 
 
 def causal_mask(segment_ids):
@@ -361,10 +432,11 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
         positions = segment_positions(segment_ids)
     mask = causal_mask(segment_ids)
     rotary = rope(positions, config)
-    x = embed(params, tokens, config)
+    ops = RowMajor(config)
+    x = ops.embed(params, tokens)
 
     def body(x, lp):
-        return layer(lp, x, rotary, mask, config), None
+        return layer(lp, x, rotary, mask, config, layout=ops), None
 
     unrolled = isinstance(params["layers"], (list, tuple))  # the params' layout decides, see `scan_layers`
     if config.remat:
@@ -372,14 +444,10 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
         # Outside a scan XLA may merge the recomputation with the forward pass (CSE) unless prevented, keeping
         # activations alive after all: peak RSS 6.7 -> 6.5 GB in bench_train's unrolled SmolLM2 step.
         body = jax.checkpoint(body, prevent_cse=unrolled, policy=policy)
-    if unrolled:
-        for lp in params["layers"]:
-            x, _ = body(x, lp)
-    else:
-        x, _ = jax.lax.scan(body, x, params["layers"])
+    x, _ = run_layers(body, x, params["layers"])
 
-    hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
-    return Output(unembed(params, hidden, config) if logits else None, hidden if return_hidden else None)
+    hidden = ops.norm(x, params["final_norm"])
+    return Output(ops.logits(params, hidden) if logits else None, hidden if return_hidden else None)
 
 
 def remat_policy(name: str):

@@ -96,7 +96,7 @@ def iteration_records(star: StarConfig, judge, part: list[dict], run: runs.Run, 
 
 
 def run_loop(run: runs.Run, model, engine, star: StarConfig, ft: finetune.FinetuneConfig, eval_judge_cfg,
-             train: list[dict], eval_sets: dict, *, seed: int = 0, ks=(1,), progress: bool = True):
+             train: list[dict], eval_sets: dict, *, seed: int = 0, ks=(1,), progress: bool = True, mesh=None):
     """Runs (or resumes) every iteration; returns (final params, report rows: one per evaluation, iteration
     summaries included, and a note when the loop stopped early)."""
     parts = recipe.parts(train, star.parts, seed)
@@ -121,7 +121,7 @@ def run_loop(run: runs.Run, model, engine, star: StarConfig, ft: finetune.Finetu
             runs.write_jsonl(run.path("train", f"iter_{t}.jsonl"), records)
         ft_t = dataclasses.replace(ft, kind=star.loss(), seed=ft.seed + t)
         params, info = finetune.fit(params, records, ft_t, model.config, model.tokenizer,
-                                    run.path("train", f"iter_{t}"), progress=progress)
+                                    run.path("train", f"iter_{t}"), progress=progress, mesh=mesh)
         run.finish(f"train_{t}", info)
         run.log({"event": "trained", "iteration": t, "steps": info["steps"], "final_loss": info["final_loss"]})
         engine.set_params(params)
@@ -138,46 +138,39 @@ def run_loop(run: runs.Run, model, engine, star: StarConfig, ft: finetune.Finetu
 def experiment(c, workdir: str, *, progress: bool = True) -> dict:
     """A whole STaR experiment from its config (experiments/configs/star_*.py): checks the config and data
     before the model loads, runs or resumes the loop, exports the judge, writes and prints the report."""
-    from genrm_jax import cli
-    from genrm_jax.data import sources
     from genrm_jax.judge import benchmark
 
-    try:
+    def prepare():
         star = StarConfig.from_config(c.star)
         ft = finetune.FinetuneConfig.from_config(c.train, kind=star.loss())
         judge_cfg = benchmark.judge_config(c.judge)
         benchmark.check_engine(c)
         ks = benchmark.check_ks(c.eval.ks)
-        runs.check_config(workdir, c)  # before the data loader logs anything: a refusal is one line
         if judge_cfg.max_prompt_tokens and ft.max_len < judge_cfg.max_prompt_tokens + star.max_new_tokens + 8:
             raise benchmark.ConfigError(
                 f"config.train.max_len: {ft.max_len} cannot hold a judge prompt (config.judge.max_prompt_tokens="
                 f"{judge_cfg.max_prompt_tokens}) plus a judgment (config.star.max_new_tokens={star.max_new_tokens} "
                 "and the verdict): training would cut the judge's instructions")
-        data_skipped: list = []
-        train, eval_sets = recipe.data(c.data, c.seed, data_skipped)
+        skipped: list = []
+        train, eval_sets = recipe.data(c.data, c.seed, skipped)
         if len(train) < star.parts:
             raise benchmark.ConfigError(f"config.data.train_pairs: {len(train)} training pairs cannot make "
                                         f"{star.parts} parts (config.star.parts)")
-        run = runs.Run(workdir, c)
-    except (benchmark.ConfigError, sources.DataError, runs.ConfigMismatchError, ValueError) as e:
-        cli.fail(e)
+        recipe.check_memory(c, ft, sample_length=(judge_cfg.max_prompt_tokens or ft.max_len) + star.max_new_tokens)
+        return star, ft, judge_cfg, ks, train, eval_sets, skipped, recipe.mesh(c)
 
-    done = recipe.finished(run)
+    run, prepared, done = recipe.open_run(c, workdir, prepare)
     if done is not None:
         return done
-
-    from genrm_jax.io import load_model
-    from genrm_jax.sampling import Engine
-
-    model = load_model(c.model)
-    engine = Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype)
+    star, ft, judge_cfg, ks, train, eval_sets, data_skipped, mesh = prepared
+    model = recipe.load(c, mesh)
+    engine = recipe.engine(c, model, mesh)
     print(f"{star.method}: {len(train)} training pairs in {star.parts} parts, "
           + ", ".join(f"{k} {len(v)} pairs" for k, v in eval_sets.items()) + f"; run directory {run.dir}", flush=True)
     params, rows, stopped = run_loop(run, model, engine, star, ft, judge_cfg, train, eval_sets, seed=c.seed,
-                                     ks=ks, progress=progress)
+                                     ks=ks, progress=progress, mesh=mesh)
     export = recipe.export(run, params, model)
-    extra = {"method": star.method, "preset": c.preset, "verdict_mode": star.verdict, "stopped": stopped,
+    extra = {"mesh": dict(mesh.shape) if mesh is not None else None, "method": star.method, "preset": c.preset, "verdict_mode": star.verdict, "stopped": stopped,
              "data_rows_skipped": recipe.skip_counts(data_skipped),
              "export": export, "training_pairs": len(train), "eval_pairs": {k: len(v) for k, v in eval_sets.items()}}
     recipe.write_report(run, rows, title=f"{star.method} ({c.preset}, verdict mode: {star.verdict})", extra=extra)
