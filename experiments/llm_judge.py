@@ -17,7 +17,7 @@ import time
 
 from absl import logging
 
-from genrm_jax import cli, evaluation
+from genrm_jax import cli, distributed, evaluation, recipe
 from genrm_jax.data import sources
 from genrm_jax.judge import benchmark
 
@@ -39,15 +39,14 @@ def main(argv):
     try:  # config and data first: a mistake fails in seconds, not after the model has loaded
         judge_configs = check_config(c)
         data = benchmark.eval_sets(c.eval, c.seed)
-    except (benchmark.ConfigError, sources.DataError) as e:
+        mesh = recipe.mesh(c)
+    except (benchmark.ConfigError, sources.DataError, ValueError) as e:
         cli.fail(e)
 
-    from genrm_jax.io import load_model
     from genrm_jax.judge import api
-    from genrm_jax.sampling import Engine
 
-    model = load_model(c.model)
-    engine = Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype)
+    model = recipe.load(c, mesh)
+    engine = recipe.engine(c, model, mesh)
     logging.info("model %s loaded in %.1fs", model.path, time.time() - t0)
 
     reports = {}
@@ -56,13 +55,15 @@ def main(argv):
         judge = api.Judge(model, jc, engine=engine)
         for name, recs in data.items():
             key = f"{name}/{method}"
-            reports[key] = benchmark.evaluate(judge, recs, seed=c.seed, ks=tuple(c.eval.ks),
-                                              judgments_path=os.path.join(workdir, f"judgments-{name}-{method}.jsonl"))
+            path = os.path.join(workdir, f"judgments-{name}-{method}.jsonl") if distributed.is_main_process() else None
+            reports[key] = benchmark.evaluate(judge, recs, seed=c.seed, ks=tuple(c.eval.ks), judgments_path=path)
             print(benchmark.category_table(key, reports[key]), flush=True)
 
     meta = {"model": c.model, "preset": c.preset,
             "judges": {m: dataclasses.asdict(jc) for m, jc in judge_configs.items()},
             "wall_seconds": round(time.time() - t0, 1)}
+    if not distributed.is_main_process():  # one report per run: process 0 writes it
+        return
     paths = evaluation.write_report(workdir, reports, meta)
     print(f"wall time {meta['wall_seconds']}s; wrote {', '.join(paths.values())}", flush=True)
 

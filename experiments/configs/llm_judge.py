@@ -38,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     c.per_method = ml_collections.ConfigDict({"genrm": {"position": "both"}})  # overrides of `judge`
     c.engine = ml_collections.ConfigDict(dict(max_batch=16, cache_dtype="float32"))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # as presets.base: the device mesh
+    c.kernels = "auto"  # LlamaConfig.kernels ("auto": XLA's under a mesh of several devices)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.dataset = "rewardbench"   # "rewardbench" | "hh-rlhf" (bundled files); ignored when `path` is set
