@@ -1,6 +1,8 @@
 """genrm-jax: generative reward models (LLM judges) and Bradley-Terry baselines in JAX."""
 from setuptools import find_packages, setup
 
+SERVE = ["starlette>=1.0", "uvicorn>=0.30"]  # python -m genrm_jax.serve: an ASGI app on uvicorn
+
 setup(
     name="genrm-jax",
     version="0.1.0",
@@ -29,7 +31,9 @@ setup(
     ],
     extras_require={
         # torch is only a reference for parity tests and benchmarks; 2.13.0 is the local CPU wheel.
-        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0"],  # accelerate: transformers' own GGUF loader
+        # accelerate: transformers' own GGUF loader; the serve extra: tests start a real server
+        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0", *SERVE],
+        "serve": SERVE,
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -21,20 +21,24 @@ import subprocess
 import sys
 import time
 
+from experiments.configs import presets
 from genrm_jax import ablation_report, cli
+from genrm_jax import methods as registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "experiments", "configs", "ablation.py")
 
 
 def _methods(c) -> list[str]:
-    from experiments.configs import presets
-
     if c.preset not in presets.PRESETS:
         cli.fail(f"config.preset: {c.preset!r} is not one of {', '.join(presets.PRESETS)}")
     methods = [m.strip() for m in str(c.methods).split(",") if m.strip()]
     if not methods or len(set(methods)) != len(methods):
         cli.fail(f"config.methods: expected a comma list of distinct experiments, got {c.methods!r}")
+    unknown = [m for m in methods if m not in registry.METHODS]
+    if unknown:
+        cli.fail(f"config.methods: {', '.join(unknown)} is not a method; expected some of "
+                 f"{', '.join(registry.METHODS)}")
     absent = [m for m in methods if not (os.path.exists(os.path.join(REPO, "experiments", f"{m}.py"))
                                          and os.path.exists(os.path.join(REPO, "experiments", "configs", f"{m}.py")))]
     if absent:

@@ -56,7 +56,7 @@ def make_prompts(tokenizer, count: int, target: int = PROMPT_TOKENS, seed: int =
 
 
 def roofline_seconds(cfg, prompt_lens: list[int], samples: int, new: int, peak: float, bandwidth: float,
-                     cache_bytes: int = 4) -> float:
+                     cache_bytes: int = 4, weight_bytes: int = 4) -> float:
     """Least time for the workload: FLOPs at the matmul peak, or weight + cache traffic at the bandwidth."""
     c = cfg
     per_layer = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) + 3 * c.hidden_size * c.intermediate_size
@@ -68,11 +68,11 @@ def roofline_seconds(cfg, prompt_lens: list[int], samples: int, new: int, peak: 
     seconds_memory = 0.0
     for p in prompt_lens:  # one prefill per distinct prompt; its samples share it
         flops += p * linear + head + attn * p * (p + 1) / 2
-        seconds_memory += (c.num_params * 4) / bandwidth
+        seconds_memory += (c.num_params * weight_bytes) / bandwidth
     for step in range(1, new):
         rows_ctx = [p + step for p in prompt_lens for _ in range(samples)]
         flops += len(rows_ctx) * (linear + head) + attn * sum(rows_ctx)
-        seconds_memory += (c.num_params * 4 + kv_bytes * sum(rows_ctx)) / bandwidth
+        seconds_memory += (c.num_params * weight_bytes + kv_bytes * sum(rows_ctx)) / bandwidth
     return max(flops / peak, seconds_memory)
 
 

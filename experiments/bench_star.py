@@ -5,7 +5,7 @@
 Runs iteration 1 of experiments/star_dpo.py's loop on the preset's data (its first part of the training pairs,
 or the first N of them with --pairs), with the library's own pieces and nothing cached: the sampling judge
 (star.loop.sampling_judge) samples and selects (star.loop.iteration_records), finetune.fit computes the
-reference log-probs and trains, recipe.evaluate judges the held-out sets. Prints one JSON object:
+reference log-probs and trains, report.evaluate judges the held-out sets. Prints one JSON object:
 
 - `seconds`: load (model + engine), sampling, reference, training (finetune.fit's own split; compilation
   included), fit_other (the rest of fit: tokenising, batching, checkpoints), evaluation, total;
@@ -13,7 +13,13 @@ reference log-probs and trains, recipe.evaluate judges the held-out sets. Prints
   seconds; reference = tokens of the training examples / reference seconds; training = fit's `tokens` /
   training seconds (and `training_steady`: the median per-step rate after the first, compiling, step);
   evaluation = (generated + scored tokens) / evaluation seconds;
-- `tokens`: the counts behind them (prompt tokens prefilled, generated, scored) per phase;
+- `tokens`: the counts behind them per phase: sampling and evaluation {"prefilled" (prompt tokens, each
+  distinct prompt once), "generated", "scored" (tokens run through the model to read a forced verdict: the
+  appended tokens scored from a row's KV cache plus any sequence scored by a prefill of its own),
+  "scored_from_cache" (of those, the appended ones), "reused_from_cache" (generated tokens a forced verdict read
+  from the cache instead of running them again)}; reference and training: the examples' tokens;
+- `compile_seconds`: per phase, the time JAX spent tracing, lowering and compiling (jax.monitoring events),
+  included in `seconds` ("fit": the reference pass and training together);
 - `peak_rss_gb`: VmHWM of this process; plus the sizes (pairs, judgments, training records, steps).
 
 Everything else (progress, tables) goes to stderr, the JSON alone to stdout.
@@ -32,31 +38,43 @@ import time
 
 
 class TokenCounter:
-    """Wraps an Engine's generate and score_next_token to count the tokens they process."""
+    """The tokens an Engine processed since the last `take` (from its `stats`)."""
 
     def __init__(self, engine):
+        self.engine = engine
         self.reset()
-        gen, score = engine.generate, engine.score_next_token
-
-        def generate(prompts, sp, **kw):
-            out = gen(prompts, sp, **kw)
-            self.prefilled += sum(len(p) for p in prompts)
-            self.generated += sum(len(c.token_ids) for cs in out for c in cs)
-            return out
-
-        def score_next_token(prompts, candidates, **kw):
-            self.scored += sum(len(p) for p in prompts)
-            return score(prompts, candidates, **kw)
-
-        engine.generate, engine.score_next_token = generate, score_next_token
 
     def reset(self):
-        self.prefilled = self.generated = self.scored = 0
+        self.start = dict(self.engine.stats)
 
     def take(self) -> dict:
-        out = {"prefilled": self.prefilled, "generated": self.generated, "scored": self.scored}
+        d = {k: v - self.start.get(k, 0) for k, v in self.engine.stats.items()}
         self.reset()
-        return out
+        return {"prefilled": d.get("prefill_tokens", 0), "generated": d.get("generated_tokens", 0),
+                "scored": d.get("continuation_tokens", 0) + d.get("score_tokens", 0),
+                "scored_from_cache": d.get("continuation_tokens", 0),
+                "reused_from_cache": d.get("continuation_reused", 0)}
+
+
+class CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling (jax.monitoring duration events), taken per phase."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self):
+        import jax
+
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event, duration, **_):
+        if event in self.EVENTS:
+            self.seconds += duration
+
+    def take(self) -> float:
+        out, self.seconds = self.seconds, 0.0
+        return round(out, 2)
 
 
 def _rate(tokens, seconds):
@@ -75,7 +93,8 @@ def _steady_rate(metrics_path: str) -> float | None:
 def bench(preset: str, pairs: int | None, workdir: str) -> dict:
     from experiments.configs import star_dpo as config_module
     from experiments.machine import peak_rss_gb
-    from genrm_jax import finetune, recipe, runs
+    from genrm_jax import finetune, methods, report, runs
+    from genrm_jax.data import splits
     from genrm_jax.io import load_model
     from genrm_jax.judge import api, benchmark
     from genrm_jax.sampling import Engine
@@ -83,37 +102,42 @@ def bench(preset: str, pairs: int | None, workdir: str) -> dict:
 
     c = config_module.get_config(preset)
     star = loop.StarConfig.from_config(c.star)
-    ft = finetune.FinetuneConfig.from_config(c.train, kind=star.loss())
+    method = methods.of_config(c)
+    ft = finetune.FinetuneConfig.from_config(c.train, kind=method.loss)
     judge_cfg = benchmark.judge_config(c.judge)
     benchmark.check_engine(c)
     ks = benchmark.check_ks(c.eval.ks)
-    train, eval_sets = recipe.data(c.data, c.seed)
-    part = recipe.parts(train, star.parts, c.seed)[0]
+    train, eval_sets = splits.experiment_data(c.data, c.seed)
+    part = splits.parts(train, star.parts, c.seed)[0]
     if pairs:
         part = part[:pairs]
     run = runs.Run(workdir, c)
-    seconds, tokens = {}, {}
+    seconds, tokens, compile_s = {}, {}, {}
+    clock = CompileClock()
 
     t0 = time.perf_counter()
     model = load_model(c.model)
     engine = Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype)
     counter = TokenCounter(engine)
     seconds["load"] = time.perf_counter() - t0
+    compile_s["load"] = clock.take()
 
     t = 1
     sampler = loop.sampling_judge(model, engine, star, judge_cfg, seed=c.seed + 1000 * t)
     t0 = time.perf_counter()
-    records, summary = loop.iteration_records(star, sampler, part, run, t, progress=False)
+    records, summary = loop.iteration_records(method, star, sampler, part, run, t, progress=False)
     seconds["sampling"] = time.perf_counter() - t0
     tokens["sampling"] = counter.take()
+    compile_s["sampling"] = clock.take()
     if not records:
         raise SystemExit(f"bench_star: nothing to train on after sampling ({summary}); try more --pairs")
 
-    ft_t = dataclasses.replace(ft, kind=star.loss(), seed=ft.seed + t)
+    ft_t = dataclasses.replace(ft, seed=ft.seed + t)
     t0 = time.perf_counter()
     params, info = finetune.fit(model.params, records, ft_t, model.config, model.tokenizer,
                                 run.path("train", f"iter_{t}"), progress=False)
     fit_seconds = time.perf_counter() - t0
+    compile_s["fit"] = clock.take()  # reference pass and training together
     seconds["reference"] = info["seconds"]["reference"]
     seconds["training"] = info["seconds"]["train"]
     seconds["fit_other"] = max(0.0, fit_seconds - seconds["reference"] - seconds["training"])
@@ -123,10 +147,12 @@ def bench(preset: str, pairs: int | None, workdir: str) -> dict:
     engine.set_params(params)
     judge = api.Judge(model, judge_cfg, engine=engine)
     counter.reset()
+    clock.take()
     t0 = time.perf_counter()
-    reports = recipe.evaluate(run, f"eval_{t}", judge, eval_sets, seed=c.seed, ks=ks, progress=False)
+    reports = report.evaluate(run, f"eval_{t}", judge, eval_sets, seed=c.seed, ks=ks, progress=False)
     seconds["evaluation"] = time.perf_counter() - t0
     tokens["evaluation"] = counter.take()
+    compile_s["evaluation"] = clock.take()
     seconds["total"] = sum(seconds.values())
 
     s, e = tokens["sampling"], tokens["evaluation"]
@@ -145,6 +171,7 @@ def bench(preset: str, pairs: int | None, workdir: str) -> dict:
             "evaluation": _rate(e["generated"] + e["scored"], seconds["evaluation"]),
         },
         "tokens": tokens,
+        "compile_seconds": compile_s,
         "peak_rss_gb": round(peak_rss_gb(), 3),
     }
 

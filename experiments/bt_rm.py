@@ -10,14 +10,14 @@ command resumes where it stopped.
 """
 import os
 
-from genrm_jax import baselines, cli
+from genrm_jax import cli, experiment
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "bt_rm.py")
 
 
 def main(argv):
     del argv
-    baselines.experiment(cli.config(), cli.workdir(), "bt_rm")
+    experiment.run(cli.config(), cli.workdir())
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ base model, eval_1: after training), stages/, metrics.jsonl, report.json, report
 """
 import os
 
-from genrm_jax import baselines, cli
+from genrm_jax import cli, experiment
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "genrm.py")
 
 
 def main(argv):
     del argv
-    baselines.experiment(cli.config(), cli.workdir(), "genrm")
+    experiment.run(cli.config(), cli.workdir())
 
 
 if __name__ == "__main__":

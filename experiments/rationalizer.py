@@ -8,15 +8,14 @@ directory). Killed, the same command resumes where it stopped.
 """
 import os
 
-from genrm_jax import cli
-from genrm_jax.star import loop
+from genrm_jax import cli, experiment
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "rationalizer.py")
 
 
 def main(argv):
     del argv
-    loop.experiment(cli.config(), cli.workdir())
+    experiment.run(cli.config(), cli.workdir())
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ directory). Killed, the same command resumes where it stopped.
 """
 import os
 
-from genrm_jax import cli
-from genrm_jax.star import sre
+from genrm_jax import cli, experiment
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "self_rationalization.py")
 
 
 def main(argv):
     del argv
-    sre.experiment(cli.config(), cli.workdir())
+    experiment.run(cli.config(), cli.workdir())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ablation's table: one row per method from the report.json of its run directory (recipe.write_report), plus
+"""The ablation's table: one row per method from the report.json of its run directory (report.write), plus
 the zero-shot judges read from the runs' eval_0, a check that every run evaluated the same split, and the
 grouped bar plot of the paper's Figure 2.
 
@@ -18,16 +18,17 @@ import json
 import os
 from typing import Sequence
 
-from genrm_jax import runs
+from genrm_jax import methods, runs
+from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 
-IN_DISTRIBUTION = "hh-rlhf-held-out"  # = recipe.IN_DISTRIBUTION (not imported: that pulls the data stack in)
-OUT_OF_DISTRIBUTION = "rewardbench"
 SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning", "Score")
 # Zero-shot rows: (label, runs whose eval_0 is that judge on the base model, first found wins). Every STaR run
-# evaluates with the same CoT judge (presets' `judge` group), so their eval_0 are one and the same judgment.
-ZERO_SHOT = (("llm_judge (zero-shot CoT)", ("star_dpo", "star_sft", "rationalizer")),
-             ("genrm zero-shot", ("genrm",)))
-# the config keys that decide the evaluation sets (recipe.data): everything but how many training pairs
+# evaluates with the same CoT judge (presets' `judge` group), so their eval_0 are one and the same judgment; the
+# genrm baseline's eval_0 is the base model judged by its verdict-token probabilities.
+ZERO_SHOT = (("llm_judge (zero-shot CoT)", tuple(m.name for m in methods.METHODS.values() if m.part == "star")),
+             ("genrm zero-shot", tuple(m.name for m in methods.METHODS.values()
+                                       if m.part == "baseline" and m.judge == "genrm")))
+# the config keys that decide the evaluation sets (splits.experiment_data): everything but how many training pairs
 SPLIT_KEYS = ("seed", "data.train", "data.train_path", "data.train_format", "data.held_out_fraction",
               "data.held_out_per_subset", "data.rewardbench_per_subset")
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from genrm_jax import finetune, recipe, runs
-from genrm_jax.data import sources, splits
-from genrm_jax.judge import api, prompts, verdicts
+import jax
 
-LOSS = {"genrm": "sft", "cot_genrm": "sft", "bt_rm": "bt", "pairrm": "pairrm"}   # method -> finetune kind
-JUDGE = {"genrm": dict(method="genrm", position="both"), "cot_genrm": {},           # eval judge overrides
-         "bt_rm": dict(method="bt"), "pairrm": dict(method="pairrm")}
-HEAD_METHODS = ("bt_rm", "pairrm")
+from genrm_jax import finetune, methods, report, runs
+from genrm_jax.data import sources, splits
+from genrm_jax.judge import api, benchmark, prompts, verdicts
+from genrm_jax.models import heads
+from genrm_jax.star import loop
+from genrm_jax.star import sample as sampling
+from genrm_jax.star import select
 
 
 # ------------------------------------------------------------------------------------------- records
 
 
+@methods.register_records("genrm")
 def genrm_records(pairs: list[dict], cut=None, fit=None) -> list[dict]:
     """Two SFT records per pair, one per order: target "A" when the chosen answer is shown first, else "B".
     `cut(answer)` shortens answers, `fit(conversation, a, b)` the conversation (None: the order is left out)."""
@@ -47,8 +49,10 @@ def genrm_records(pairs: list[dict], cut=None, fit=None) -> list[dict]:
     return out
 
 
-def pair_records(pairs: list[dict], cut=None) -> list[dict]:
-    """bt / pairrm records: the training pairs themselves."""
+@methods.register_records("pairs")
+def pair_records(pairs: list[dict], cut=None, fit=None) -> list[dict]:
+    """bt / pairrm records: the training pairs themselves (the pipeline fits them to train.max_len; `fit`, the
+    judge prompt's fitting, does not apply)."""
     cut = cut or (lambda text: text)
     return [{"prompt": r["prompt"], "chosen": cut(r["chosen"]), "rejected": cut(r["rejected"]),
              "source": splits._key(r)} for r in pairs]
@@ -85,123 +89,105 @@ def read_rationales(path: str) -> list[dict]:
     return out
 
 
-def rationale_sampling(c):
+def rationale_sampling(c) -> loop.StarConfig:
     """cot_genrm's default rationales: one Rationalizer round over all the training pairs (config.star holds
     the sampling settings; the loop's own fields are fixed here)."""
-    from genrm_jax.star import loop
-
-    return loop.StarConfig.from_config({**c.star.to_dict(), "method": "rationalizer", "iterations": 1,
-                                        "parts": 1, "rationalizer_loss": "sft"})
+    return loop.StarConfig.from_config({**c.star.to_dict(), "iterations": 1, "parts": 1})
 
 
+@methods.register_records("rationales")
 def sampled_rationales(run, model, engine, star, judge_cfg, train, seed, progress) -> tuple[list[dict], dict]:
-    from genrm_jax.star import loop
-    from genrm_jax.star import sample as sampling
-    from genrm_jax.star import select
-
+    """cot_genrm's records when no file gives them: hinted judgments that reach the true verdict (one Rationalizer
+    round), with the sampling summary."""
     judge = loop.sampling_judge(model, engine, star, judge_cfg, seed=seed + 1000)
     lines = sampling.sample(judge, train, run.path("samples", "rationales.jsonl"), hinted=True, chunk=star.chunk,
                             progress=progress)
     return select.rationalized(lines), sampling.summary(lines)
 
 
-# ------------------------------------------------------------------------------------------ experiment
+# ------------------------------------------------------------------------------- the experiment's part
 
 
-def experiment(c, workdir: str, method: str, *, progress: bool = True) -> dict:
-    """One baseline from its config (experiments/configs/<method>.py): checks the config and data before the
-    model loads, evaluates the base judge, fine-tunes once, evaluates again, exports, writes the report."""
-    from genrm_jax.judge import benchmark
+class _Part:
+    """One fine-tuning run of the base model, as the experiment skeleton's part (genrm_jax/experiment.py)."""
 
-    def prepare():
-        if method not in LOSS:
-            raise ValueError(f"unknown baseline {method!r}; expected one of {', '.join(LOSS)}")
-        ft = finetune.FinetuneConfig.from_config(c.train, kind=LOSS[method])
-        overrides = dict(JUDGE[method], max_len=c.train.max_len) if method in HEAD_METHODS else JUDGE[method]
-        judge_cfg = benchmark.judge_config(c.judge, **overrides)
-        benchmark.check_engine(c)
-        ks = benchmark.check_ks(c.eval.ks)
-        skipped: list = []
-        train, eval_sets = recipe.data(c.data, c.seed, skipped)
-        rationales = star = None
-        if method == "cot_genrm":
-            if judge_cfg.prompt != "judge":  # rationales (read or sampled) are written for the judge prompt
-                raise benchmark.ConfigError(f"config.judge.prompt: cot_genrm trains on the 'judge' prompt, got "
-                                            f"{judge_cfg.prompt!r}")
-            star = rationale_sampling(c)
-            if c.data.rationales_path:
-                rationales = read_rationales(c.data.rationales_path)
-        recipe.check_memory(c, ft, held_copies=1)
-        return ft, judge_cfg, ks, train, eval_sets, skipped, rationales, star, recipe.mesh(c)
+    @staticmethod
+    def prepare(setup):
+        """cot_genrm: its rationale file read now (or the sampling settings of the round that writes them)."""
+        c, method = setup.c, setup.method
+        if method.name != "cot_genrm":
+            return None
+        if setup.judge.prompt != "judge":  # rationales (read or sampled) are written for the judge prompt
+            raise benchmark.ConfigError(f"config.judge.prompt: cot_genrm trains on the 'judge' prompt, got "
+                                        f"{setup.judge.prompt!r}")
+        if c.data.rationales_path:
+            return {"rationales": read_rationales(c.data.rationales_path)}
+        return {"star": rationale_sampling(c)}
 
-    run, prepared, done = recipe.open_run(c, workdir, prepare)
-    if done is not None:
-        return done
-    ft, judge_cfg, ks, train, eval_sets, data_skipped, rationales, star, mesh = prepared
+    @staticmethod
+    def engine(method) -> bool:
+        return not method.head  # a reward head judges by a forward pass: nothing is sampled
 
-    trained_on = f"{len(rationales)} rationales" if rationales is not None else f"{len(train)} training pairs"
-    print(f"{method}: {trained_on}, " + ", ".join(f"{k} {len(v)} pairs" for k, v in eval_sets.items())
-          + f"; run directory {run.dir}", flush=True)
+    @staticmethod
+    def run(run, setup, model, engine, progress):
+        c, method, judge_cfg, train, eval_sets = setup.c, setup.method, setup.judge, setup.train, setup.eval_sets
+        rationales = (setup.part or {}).get("rationales")
+        head = None
+        if method.head:
+            head = heads.init(jax.random.PRNGKey(c.seed), model.config)
+            rows = [{"stage": "eval_0", "note": "not evaluated: an untrained reward head scores at random"}]
+        else:
+            base_judge = api.Judge(model, judge_cfg, engine=engine)
+            before = report.evaluate(run, "eval_0", base_judge, eval_sets, seed=c.seed, ks=setup.ks,
+                                     progress=progress)
+            rows = [{"stage": "eval_0", **report.headline(before),
+                     **report.bias_headline(report.bias_stage(run, "bias_0", base_judge,
+                                                              eval_sets.get(splits.IN_DISTRIBUTION, []), c.eval))}]
 
-    import jax
+        # Answers cut as the evaluation judge cuts them (api.Judge.compare): training prompts match its own.
+        cut = functools.partial(prompts.truncate, model.tokenizer, max_tokens=judge_cfg.max_answer_tokens)
+        build = methods.records(method)
+        sampled = None
+        if rationales is not None:
+            records = rationales
+        elif method.samples:  # the model writes its own training records (cot_genrm's hinted round)
+            records, sampled = build(run, model, engine, setup.part["star"], judge_cfg, train, c.seed, progress)
+        else:  # conversations cut as the evaluation judge's prompt cuts them (a reward head reads them whole)
+            records = build(train, cut, None if method.head else base_judge.fitted_conversation)
+        if run.main:
+            runs.write_jsonl(run.path("train.jsonl"), records)
 
-    from genrm_jax.models import heads
+        extra = {"training_records": len(records)}
+        if method.name == "cot_genrm":
+            extra["rationales"] = c.data.rationales_path or "sampled with the label as a hint (one Rationalizer round)"
+            extra["rationale_sampling"] = sampled
+            if rationales is not None:  # the file's rows are the training pairs; config.data's were not used
+                extra["training_pairs"] = len({r["source"].rsplit("/", 1)[0] for r in rationales})
+        if not records:  # nothing to train on: said plainly rather than training on an empty set
+            why = "no hinted rationale reached the correct verdict" if sampled else "no pair fits the judge's prompt"
+            extra["stopped"] = f"no training records ({why}): nothing trained"
+            print(extra["stopped"], flush=True)
+            return report.Outcome(None, rows, extra)
 
-    model = recipe.load(c, mesh)
-    engine = head = None
-    if method in HEAD_METHODS:
-        head = heads.init(jax.random.PRNGKey(c.seed), model.config)
-        rows = [{"stage": "eval_0", "note": "not evaluated: an untrained reward head scores at random"}]
-    else:
-        engine = recipe.engine(c, model, mesh)
-        base_judge = api.Judge(model, judge_cfg, engine=engine)
-        before = recipe.evaluate(run, "eval_0", base_judge, eval_sets, seed=c.seed, ks=ks, progress=progress)
-        rows = [{"stage": "eval_0", **recipe.headline(before)}]
+        trained, info = finetune.fit(model.params, records, setup.ft, model.config, model.tokenizer,
+                                     run.path("train"), head=head, progress=progress, mesh=setup.mesh)
+        if not run.done("train"):
+            run.log({"event": "trained", "steps": info["steps"], "final_loss": info["final_loss"]})
+        info = run.result("train") if run.done("train") else run.finish("train", info)  # a rerun reports the first
+        params, head = (trained["model"], trained["head"]) if head is not None else (trained, None)
+        if engine is not None:
+            engine.set_params(params)
+        judge = api.Judge(dataclasses.replace(model, params=params), judge_cfg, engine=engine, head=head)
+        after = report.evaluate(run, "eval_1", judge, eval_sets, seed=c.seed, ks=setup.ks, progress=progress)
+        rows.append({"stage": "eval_1", **report.headline(after),
+                     **report.bias_headline(report.bias_stage(run, "bias_1", judge,
+                                                              eval_sets.get(splits.IN_DISTRIBUTION, []), c.eval)),
+                     "training_records": len(records),
+                     "train_examples": info["examples"], "train_steps": info["steps"],
+                     "train_final_loss": info["final_loss"]})
+        extra["training_examples"] = info["data"]["examples"]
+        extra["training_skipped"] = info["data"]["skipped"]
+        return report.Outcome(params, rows, extra, head=head)
 
-    # Answers cut as the evaluation judge cuts them (api.Judge.compare): training prompts match its own.
-    cut = functools.partial(prompts.truncate, model.tokenizer, max_tokens=judge_cfg.max_answer_tokens)
-    sampled = None
-    if method == "genrm":
-        records = genrm_records(train, cut, functools.partial(base_judge.fitted_conversation, builder=prompts.genrm))
-    elif method in HEAD_METHODS:
-        records = pair_records(train, cut)
-    elif rationales is not None:
-        records = rationales
-    else:
-        records, sampled = sampled_rationales(run, model, engine, star, judge_cfg, train, c.seed, progress)
-    if run.main:
-        runs.write_jsonl(run.path("train.jsonl"), records)
 
-    extra = {"mesh": dict(mesh.shape) if mesh is not None else None, "method": method, "preset": c.preset, "data_rows_skipped": recipe.skip_counts(data_skipped),
-             "training_pairs": len(train), "training_records": len(records),
-             "eval_pairs": {k: len(v) for k, v in eval_sets.items()}}
-    if method == "cot_genrm":
-        extra["rationales"] = c.data.rationales_path or "sampled with the label as a hint (one Rationalizer round)"
-        extra["rationale_sampling"] = sampled
-        if rationales is not None:  # the file's rows are the training pairs; config.data's were not used
-            extra["training_pairs"] = len({r["source"].rsplit("/", 1)[0] for r in rationales})
-    if not records:  # nothing to train on: said plainly rather than training on an empty set
-        why = "no hinted rationale reached the correct verdict" if sampled else "no pair fits the judge's prompt"
-        extra["stopped"] = f"no training records ({why}): nothing trained"
-        print(extra["stopped"], flush=True)
-        recipe.write_report(run, rows, title=f"{method} ({c.preset})", extra=extra)
-        return {"rows": rows, **extra}
-
-    trained, info = finetune.fit(model.params, records, ft, model.config, model.tokenizer, run.path("train"),
-                                 head=head, progress=progress, mesh=mesh)
-    if not run.done("train"):
-        run.log({"event": "trained", "steps": info["steps"], "final_loss": info["final_loss"]})
-    info = run.result("train") if run.done("train") else run.finish("train", info)  # a rerun reports the first fit
-    params, head = (trained["model"], trained["head"]) if head is not None else (trained, None)
-    if engine is not None:
-        engine.set_params(params)
-    judge = api.Judge(dataclasses.replace(model, params=params), judge_cfg, engine=engine, head=head)
-    after = recipe.evaluate(run, "eval_1", judge, eval_sets, seed=c.seed, ks=ks, progress=progress)
-    rows.append({"stage": "eval_1", **recipe.headline(after), "training_records": len(records),
-                 "train_examples": info["examples"], "train_steps": info["steps"],
-                 "train_final_loss": info["final_loss"]})
-    extra["training_examples"] = info["data"]["examples"]
-    extra["training_skipped"] = info["data"]["skipped"]
-    extra["export"] = recipe.export(run, params, model, head=head)
-    recipe.write_report(run, rows, title=f"{method} ({c.preset})", extra=extra)
-    return run.finish("report", {"rows": rows, **extra})
+PART = _Part()

@@ -4,6 +4,7 @@ overrides, `--workdir DIR`.
     if __name__ == "__main__":
         cli.run(main, CONFIG_FILE)      # main(argv) reads cli.config() and cli.workdir()
 
+`--help` prints the entry point's usage and exits 0 (absl exits 1).
 Flag mistakes are one line on stderr and exit status 2, not ml_collections' chained tracebacks: an unknown
 `--config.KEY` names the key and the fields that exist. `fail(error)` does the same for a config or data error
 found before the model loads. On CPU, `run` applies the allocator and dispatch settings of `genrm_jax.runtime`
@@ -71,11 +72,20 @@ def unknown_override(argv, config_file: str) -> str | None:
     return None
 
 
+_HELP = re.compile(r"^--?(help|helpshort|helpfull|helpxml|\?)(=.*)?$")  # absl's help flags
+
+
 def _parse(argv):
     config_file = _CONFIG_FILE[0]
     try:
         _define_flags(config_file)
-        rest = flags.FLAGS(argv)
+        try:
+            rest = flags.FLAGS(argv)
+        except SystemExit as e:
+            # absl prints the help asked for and then exits with status 1, as for an error: help is a success
+            if e.code == 1 and any(_HELP.match(a) for a in argv[1:]):
+                sys.exit(0)
+            raise
         if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in argv[1:]):
             # orbax and grain log every checkpoint step at INFO; progress bars and reports say what matters
             logging.set_verbosity(logging.WARNING)
@@ -98,6 +108,17 @@ def fail(error) -> None:
 
 def config() -> ConfigDict:
     return flags.FLAGS.config
+
+
+def overridden(group: str, argv=None) -> set[str]:
+    """The fields of config group `group` given on the command line (--config.GROUP.FIELD=...): the user's explicit
+    choices, which win over settings recorded elsewhere (an exported judge's judge_settings.json)."""
+    out = set()
+    for arg in (sys.argv if argv is None else argv)[1:]:
+        m = re.match(rf"^--?(?:no)?config\.{re.escape(group)}\.([^=.]+)", arg)
+        if m:
+            out.add(m.group(1))
+    return out
 
 
 def workdir() -> str:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from genrm_jax.runs import strict_json
+from genrm_jax.runs import strict_json, write_text_atomic
 
 # RewardBench v1 sections (allenai/reward-bench, rewardbench/constants.py): a section score is the mean of its
 # subsets' accuracies weighted by these official example counts. math-prm (447 examples) is weighted to 984 so
@@ -256,10 +256,8 @@ def write_report(workdir: str, reports: dict[str, dict], meta: dict | None = Non
     os.makedirs(workdir, exist_ok=True)
     paths = {"json": os.path.join(workdir, "report.json"), "md": os.path.join(workdir, "report.md")}
     text = json.dumps(strict_json({"meta": meta or {}, "datasets": reports}), indent=2, allow_nan=False)
-    with open(paths["json"], "w") as f:
-        f.write(text)
-    with open(paths["md"], "w") as f:
-        f.write(markdown(reports, meta))
+    write_text_atomic(paths["json"], text)  # a failure leaves neither half a report nor a temporary file
+    write_text_atomic(paths["md"], markdown(reports, meta))
     png = os.path.join(workdir, "majk.png")
     if plot_maj(reports, png):
         paths["png"] = png
@@ -293,3 +291,90 @@ def pointwise_report(pred: Sequence[float | None], gold: Sequence[int]) -> dict:
     diff = np.rint(p - g).astype(int)
     return {**out, "exact": float(np.mean(np.rint(p) == g)), "mae": float(np.mean(np.abs(p - g))),
             "pearson": pearson, "histogram": {str(d): int((diff == d).sum()) for d in range(-4, 5)}}
+
+
+# ------------------------------------------------------------------------------------------ significance
+# Two judges on the same pairs: is one better? Both tests pair each example with itself, which is far more
+# powerful than comparing two independent confidence intervals (the judges' errors are correlated).
+
+SIGNIFICANCE_LEVEL = 0.01  # what reports mark as significant
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: `a_only` examples judge A got right and judge B
+    wrong, `b_only` the reverse. Under H0 each discordant pair is a fair coin, so p = min(1, 2 P(X <= min)),
+    X ~ Binomial(a_only + b_only, 1/2), computed exactly with integers (1 when there is no discordant pair)."""
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {a_only}, {b_only}")
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def paired_bootstrap_ci(scores_a: np.ndarray, scores_b: np.ndarray, *, n_boot: int = 10_000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of mean(scores_a - scores_b) over `n_boot` resamples of the examples (with replacement,
+    the same examples for both judges). Per-example differences take few values (scores are 0, 1/2 or 1), so a
+    resample is drawn as the multinomial counts of those values: exact, and cheap for any number of examples."""
+    d = np.asarray(scores_a, np.float64) - np.asarray(scores_b, np.float64)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"paired_bootstrap_ci: expected two equal-length 1-D score arrays, got {len(d)} differences")
+    values, counts = np.unique(d, return_counts=True)
+    draws = np.random.default_rng(seed).multinomial(len(d), counts / len(d), size=n_boot)
+    means = draws @ values / len(d)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, *, n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Judge A against judge B on the same examples (per-example scores, 0 / 1/2 / 1, in the same order):
+    {"n", "accuracy_a", "accuracy_b", "difference" (a - b), "ci95" (paired bootstrap), "a_only", "b_only"
+    (discordant examples: right for one judge only; a tie at 1/2 is not right), "mcnemar_p" (exact, two-sided),
+    "significant" (p < SIGNIFICANCE_LEVEL)}."""
+    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_comparison: score arrays of shapes {a.shape} and {b.shape}; expected one equal "
+                         f"1-D shape (the same examples in the same order)")
+    if not len(a):
+        raise ValueError("paired_comparison: no examples to compare")
+    right_a, right_b = a > 0.5, b > 0.5
+    a_only, b_only = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+    p = mcnemar_exact(a_only, b_only)
+    lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
+    return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()),
+            "difference": float(a.mean() - b.mean()), "ci95": [lo, hi], "a_only": a_only, "b_only": b_only,
+            "mcnemar_p": p, "significant": bool(p < SIGNIFICANCE_LEVEL)}
+
+
+def read_judgments(path: str) -> dict[str, float]:
+    """{"<subset>/<id>": p_chosen} from a per-pair judgments file (judge/benchmark.evaluate's `judgments_path`:
+    one JSON line per pair with `id`, `subset`, `p_chosen`). A line without them raises naming file and line."""
+    out = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key, p = f"{row['subset']}/{row['id']}", row["p_chosen"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a judgment line with id, subset and p_chosen ({e})") from None
+            if key in out:
+                raise ValueError(f"{path}:{lineno}: pair {key} judged twice")
+            out[key] = float(p) if p is not None else 0.5
+    return out
+
+
+def compare_judgments(a: dict[str, float], b: dict[str, float], *, invalid_score: float = 0.5,
+                      n_boot: int = 10_000, seed: int = 0) -> dict:
+    """`paired_comparison` of two {pair key: p_chosen} maps over the pairs both judged (in sorted key order), plus
+    "only_a" / "only_b": how many pairs one side has and the other lacks (left out of the comparison)."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError(f"no pair in common ({len(a)} and {len(b)} judged pairs): not the same evaluation set")
+    sa = example_scores(np.array([a[k] for k in keys]), invalid_score)
+    sb = example_scores(np.array([b[k] for k in keys]), invalid_score)
+    return {**paired_comparison(sa, sb, n_boot=n_boot, seed=seed), "only_a": len(set(a) - set(b)),
+            "only_b": len(set(b) - set(a))}

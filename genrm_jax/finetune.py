@@ -33,12 +33,10 @@ from genrm_jax.checkpoint import Checkpointer
 from genrm_jax.data.pipeline import Pipeline
 from genrm_jax.models import heads, llama
 
-DEFAULT_BETA = {"dpo": 1.0, "ipo": 0.4}
-
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    kind: str = "sft"                  # losses.KINDS: sft | dpo | ipo | bt | pairrm
+    kind: str = "sft"                  # a registered loss (losses.LOSSES): sft | dpo | ipo | bt | pairrm
     learning_rate: float = 1e-6        # the paper: 1e-6 (2e-5 for rationalizer SFT)
     epochs: int = 1
     batch_size: int = 4
@@ -59,15 +57,15 @@ class FinetuneConfig:
         def bad(field, why):
             raise ValueError(f"finetune.{field}={getattr(self, field)!r}: {why}")
 
-        if self.kind not in losses.KINDS:
-            bad("kind", f"expected one of {losses.KINDS}")
+        if self.kind not in losses.LOSSES:
+            bad("kind", f"expected one of {tuple(losses.LOSSES)}")
         for field in ("epochs", "batch_size", "accum_steps", "max_len", "checkpoint_every", "keep_checkpoints"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 bad(field, "expected an integer >= 1")
         if self.batch_size % self.accum_steps:
             bad("accum_steps", f"expected a divisor of batch_size={self.batch_size} (equal micro-batches)")
-        if not self.learning_rate > 0:
-            bad("learning_rate", "expected > 0")
+        if not 0 < self.learning_rate < float("inf"):
+            bad("learning_rate", "expected a finite learning rate > 0")
         if self.beta is not None and not self.beta > 0:
             bad("beta", "expected > 0 (or None for the default)")
 
@@ -104,9 +102,9 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
                              f"data x fsdp size {dict(mesh.shape)}")
         batch_sharding = sharding.batch_sharding(mesh)
         rows = sharding.process_rows(batch_sharding, cfg.batch_size)
-    pipe = Pipeline(records, cfg.kind, tokenizer, max_len=cfg.max_len, batch_size=cfg.batch_size,
-                    buckets=cfg.buckets or None, seed=cfg.seed, epochs=cfg.epochs, train_eos=cfg.train_eos,
-                    drop_remainder=False, progress=progress, rows=rows)
+    pipe = Pipeline(records, losses.spec(cfg.kind).record, tokenizer, max_len=cfg.max_len,
+                    batch_size=cfg.batch_size, buckets=cfg.buckets or None, seed=cfg.seed, epochs=cfg.epochs,
+                    train_eos=cfg.train_eos, drop_remainder=False, progress=progress, rows=rows)
     steps = len(pipe)
     info = {"steps": steps, "examples": len(pipe.examples), "data": pipe.stats.as_dict()}
     opt_cfg = train.OptimConfig(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -121,7 +119,7 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
         trainable = sharding.place(trainable, shardings.params)
 
     t0 = time.perf_counter()
-    if cfg.kind in ("dpo", "ipo"):
+    if losses.spec(cfg.kind).reference:
         pipe.attach_reference(_reference(trainable["model"], config, pipe, workdir, progress, batch_sharding))
     info["seconds"] = {"reference": round(time.perf_counter() - t0, 2)}
     ckpt = Checkpointer(os.path.join(workdir, "ckpt"), every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
@@ -136,9 +134,7 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
         state = ckpt.restore(train.abstract_state(trainable, optimizer, shardings), iterator)
     t0 = time.perf_counter()
     if start is None or start < steps:
-        step_fn = train.make_train_step(losses.make_loss_fn(cfg.kind, config, beta=cfg.beta), optimizer,
-                                        accum_steps=cfg.accum_steps, schedule=train.learning_rate_schedule(opt_cfg),
-                                        shardings=shardings)
+        step_fn = _train_step(cfg, config, opt_cfg, optimizer, head is not None, mesh, shardings)
         state = train.train(state, step_fn, iterator, num_steps=steps, workdir=workdir, checkpointer=ckpt,
                             progress=progress, batch_sharding=batch_sharding)
     ckpt.close()
@@ -147,6 +143,27 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
     info["final_loss"] = _last_loss(os.path.join(workdir, "metrics.jsonl"))
     out = state.params
     return (out["model"] if head is None else out), info
+
+
+# Jitted train steps, kept across fits: a STaR run's fits differ in length (their schedule numbers live in the
+# optimiser state as data, see train.make_optimizer), so they all run one compiled step. Keyed by everything the
+# compiled step closes over; a few at most (each holds its executables).
+_TRAIN_STEPS: dict = {}
+_KEEP_STEPS = 4
+
+
+def _train_step(cfg: FinetuneConfig, config, opt_cfg: train.OptimConfig, optimizer, with_head: bool, mesh,
+                shardings):
+    schedule_free = dataclasses.replace(opt_cfg, **{k: 0 for k in ("learning_rate", "warmup_fraction",
+                                                                   "final_lr_fraction", "total_steps")})
+    key = (cfg.kind, config, cfg.beta, cfg.accum_steps, schedule_free, with_head, mesh)
+    if key not in _TRAIN_STEPS:
+        if len(_TRAIN_STEPS) >= _KEEP_STEPS:
+            _TRAIN_STEPS.pop(next(iter(_TRAIN_STEPS)))
+        # the same key means the same trainable structure and mesh, so the same state shardings
+        _TRAIN_STEPS[key] = train.make_train_step(losses.make_loss_fn(cfg.kind, config, beta=cfg.beta), optimizer,
+                                                  accum_steps=cfg.accum_steps, shardings=shardings)
+    return _TRAIN_STEPS[key]
 
 
 def _reference(params, config, pipe: Pipeline, workdir: str, progress: bool, batch_sharding=None) -> np.ndarray:

@@ -16,21 +16,24 @@ AdamW's two moments; precomputing costs about a third of one epoch, once, and le
 memory and speed of an SFT step on twice the sequences. The values are identical either way: the reference is
 frozen.
 
-Model-level objectives (`make_loss_fn`) run the forward pass and feed these functions; trainable params are
-always `{"model": llama params, "head": reward head (BT and PairRM only)}`.
+Model-level objectives run the forward pass and feed these functions; trainable params are always
+`{"model": llama params, "head": reward head (BT and PairRM only)}`. Each is registered by name (Tunix's
+`@register_policy_loss_fn` is the model): a new loss is one pure function above plus one
+`@register_loss(name, ...)` objective below, and `make_loss_fn(name, ...)`, finetune, the pipeline's record kind,
+the planner and the method registry (genrm_jax/methods.py) all read its `LossSpec`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
+
+from tqdm.auto import tqdm
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from genrm_jax.models import heads, llama
-
-KINDS = ("sft", "dpo", "ipo", "bt", "pairrm")
-
 
 class Loss(NamedTuple):
     value: jax.Array  # scalar mean over `weight` units
@@ -158,42 +161,100 @@ def pair_logprobs(model_params, batch, config: llama.LlamaConfig):
     return jnp.stack([lp[:b], lp[b:]], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """What the rest of the library needs to know about a loss."""
+    name: str
+    make: Callable  # (llama config, beta) -> (params, batch, rng) -> Loss
+    pairs: bool     # batches of (chosen, rejected) pairs: both sides go through one forward (twice the rows)
+    head: bool      # trains a scalar reward head on the last hidden state (no logits)
+    reference: bool  # needs the frozen reference's log-probs (finetune precomputes them once per dataset)
+    beta: float | None  # the default beta (None: the loss has none)
+    record: str     # the training records' shape (data/pipeline.REQUIRED_FIELDS): sft, dpo (pairs of completions
+                    # of one prompt), bt (pairs of answers to a conversation) or pairrm (both in one sequence)
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, pairs: bool, head: bool = False, reference: bool = False,
+                  beta: float | None = None, record: str | None = None):
+    """Decorator registering `make(config, beta) -> (params, batch, rng) -> Loss` as loss `name`, trained on
+    records of shape `record` (default: by `pairs` and `head`: sft, dpo or bt)."""
+    record = record or ("sft" if not pairs else "bt" if head else "dpo")
+
+    def deco(make):
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is registered twice")
+        LOSSES[name] = LossSpec(name, make, pairs, head, reference, beta, record)
+        return make
+    return deco
+
+
+def spec(kind: str) -> LossSpec:
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; expected one of {tuple(LOSSES)}")
+    return LOSSES[kind]
+
+
 def make_loss_fn(kind: str, config: llama.LlamaConfig, *, beta: float | None = None
                  ) -> Callable[[dict, dict, jax.Array], Loss]:
-    """`(params, batch, rng) -> Loss` for one of KINDS; `config` carries compute dtype and remat."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown loss {kind!r}; expected one of {KINDS}")
+    """`(params, batch, rng) -> Loss` for a registered loss; `config` carries compute dtype and remat."""
+    s = spec(kind)
+    return s.make(config, s.beta if beta is None else beta)
 
-    if kind == "sft":
-        def fn(params, batch, rng):
-            logits = llama.forward(params["model"], batch["tokens"], config, attention_mask=batch["mask"]).logits
-            return sft(logits, batch["tokens"], batch["loss_mask"])
-    elif kind in ("dpo", "ipo"):
-        pref = dpo if kind == "dpo" else ipo
-        b = (1.0 if kind == "dpo" else 0.4) if beta is None else beta
 
+@register_loss("sft", pairs=False)
+def _sft_objective(config, beta):
+    def fn(params, batch, rng):
+        logits = llama.forward(params["model"], batch["tokens"], config, attention_mask=batch["mask"]).logits
+        return sft(logits, batch["tokens"], batch["loss_mask"])
+    return fn
+
+
+def _preference_objective(pref):
+    def make(config, beta):
         def fn(params, batch, rng):
             lp = pair_logprobs(params["model"], batch, config)
             ref = batch["ref_logps"]
-            return pref(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=b, weights=batch.get("valid"))
-    else:
-        def fn(params, batch, rng):
-            tokens, mask = _flat_pairs(batch)
-            r = heads.scalar_reward(params["model"], params["head"], tokens, mask, config)
-            n = batch["tokens"].shape[0]
-            valid = batch.get("valid")
-            if kind == "bt":
-                return bradley_terry(r[:n], r[n:], weights=valid)
-            labels = jnp.concatenate([batch["labels"][:, 0], batch["labels"][:, 1]], axis=0)
-            return pairrm(r, labels, weights=None if valid is None else jnp.concatenate([valid, valid]))
+            return pref(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=beta, weights=batch.get("valid"))
+        return fn
+    return make
+
+
+register_loss("dpo", pairs=True, reference=True, beta=1.0)(_preference_objective(dpo))
+register_loss("ipo", pairs=True, reference=True, beta=0.4)(_preference_objective(ipo))
+
+
+def _rewards(params, batch, config):
+    tokens, mask = _flat_pairs(batch)
+    r = heads.scalar_reward(params["model"], params["head"], tokens, mask, config)
+    return r, batch["tokens"].shape[0], batch.get("valid")
+
+
+@register_loss("bt", pairs=True, head=True)
+def _bt_objective(config, beta):
+    def fn(params, batch, rng):
+        r, n, valid = _rewards(params, batch, config)
+        return bradley_terry(r[:n], r[n:], weights=valid)
     return fn
+
+
+@register_loss("pairrm", pairs=True, head=True, record="pairrm")
+def _pairrm_objective(config, beta):
+    def fn(params, batch, rng):
+        r, n, valid = _rewards(params, batch, config)
+        labels = jnp.concatenate([batch["labels"][:, 0], batch["labels"][:, 1]], axis=0)
+        return pairrm(r, labels, weights=None if valid is None else jnp.concatenate([valid, valid]))
+    return fn
+
+
+KINDS = tuple(LOSSES)  # the registered losses' names (read after every registration above)
 
 
 def reference_logprobs(model_params, config: llama.LlamaConfig, batches, *, progress: bool = True):
     """Summed completion log-probs [N, 2] of the frozen reference over `batches` (an iterable of pair batches,
     each possibly carrying `n_valid` real rows at the front). One pass, no gradients."""
-    from tqdm.auto import tqdm
-
     fn = jax.jit(lambda p, b: pair_logprobs(p, b, config))
     out = []
     for batch in tqdm(batches, desc="reference log-probs", disable=not progress):

@@ -40,9 +40,11 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 from jax.sharding import AbstractMesh
 
-from genrm_jax import sharding, train
+from genrm_jax import cli, finetune, losses, methods, sharding, train
+from genrm_jax.io import hf, registry
 from genrm_jax.models import llama
 
 GiB = 2**30
@@ -109,8 +111,6 @@ def model_config(name: str, **overrides) -> llama.LlamaConfig:
     key = name.lower().split("/")[-1].removesuffix("-instruct")
     if key in KNOWN_MODELS:
         return llama.config_from_hf(KNOWN_MODELS[key], source=name, **overrides)
-    from genrm_jax.io import hf, registry
-
     if not os.path.isdir(name):
         name = registry.resolve(name)  # raises naming the known models and what a path must be
     return hf.load_config(name, **overrides)
@@ -227,14 +227,14 @@ def _weights(config: llama.LlamaConfig, mesh) -> tuple[int, int]:
     return _tree_bytes(structs, param_sh, mesh), _tree_bytes(state.opt_state, state_sh.opt_state, mesh)
 
 
-_PAIR_KINDS = ("dpo", "ipo", "bt", "pairrm")  # a row per answer: both sides of a pair go through one forward
 _POLICY_ALIASES = {"nothing_saveable": "", "everything_saveable": None, "dots_saveable": "dense",
                    "dots_with_no_batch_dims_saveable": "dense"}
 
 
 def _activations(config: llama.LlamaConfig, train_cfg, mesh) -> tuple[int, dict]:
     c = config
-    rows = train_cfg.batch_size * (2 if train_cfg.kind in _PAIR_KINDS else 1)
+    loss = losses.spec(train_cfg.kind)
+    rows = train_cfg.batch_size * (2 if loss.pairs else 1)  # both sides of a pair go through one forward
     rows //= getattr(train_cfg, "accum_steps", 1) or 1  # one micro-batch is alive at a time
     t, dt = train_cfg.max_len, c.compute_dtype
     policy = train_cfg.remat_policy
@@ -254,7 +254,7 @@ def _activations(config: llama.LlamaConfig, train_cfg, mesh) -> tuple[int, dict]
     recompute = everything if policy is not None else 0  # one layer's backward rebuilds its full working set
     mask = _logical_bytes((rows, t, t), ("batch", "length", "length"), mesh, "bool")
     logits = 0
-    if train_cfg.kind not in ("bt", "pairrm"):  # the reward heads read the hidden state, not logits
+    if not loss.head:  # the reward heads read the hidden state, not logits
         logits = 2 * act((c.vocab_size, "vocab"), dtype="float32")  # float32 logits and their gradient
     parts = {"saved_per_layer": saved, "layers": c.num_layers, "recompute_one_layer": recompute,
              "attention_mask": mask, "logits_and_grad": logits, "final_hidden": embed}
@@ -378,33 +378,25 @@ def _resolve_rest(sizes: dict, devices: int | None, what: str) -> dict[str, int]
     return sizes
 
 
-def _config_plan_inputs(c, config_file: str, kind: str | None):
-    """(FinetuneConfig, Sampling or None, held_copies) of an experiment config."""
-    from genrm_jax import finetune
-
-    if kind is None:
-        if "star" in c:
-            from genrm_jax.star.loop import StarConfig
-
-            kind = StarConfig.from_config(c.star).loss()
-        else:  # the experiments without sampling: bt_rm and pairrm train reward heads, the rest SFT
-            kind = {"bt_rm": "bt", "pairrm": "pairrm"}.get(os.path.basename(config_file).split(".py")[0], "sft")
-    ft = finetune.FinetuneConfig.from_config(c.train, kind=kind)
+def config_inputs(c, kind: str | None = None) -> tuple[Any, Sampling | None, int]:
+    """(FinetuneConfig, Sampling or None, held_copies) of an experiment config, from the method it names
+    (`c.method`, genrm_jax/methods.py): its loss (or `kind`), its held weight copies, and the sampler's KV cache
+    when it judges or trains by sampling (prompts of the longest `max_prompt_tokens`, else train.max_len, plus the
+    longest judgment). The experiment's own check before loading (genrm_jax/experiment.py) plans the same."""
+    method = methods.of_config(c)
+    if method.loss is None or "train" not in c:
+        raise ValueError(f"config.method: {method.name!r} trains nothing: there is no training to plan")
+    ft = finetune.FinetuneConfig.from_config(c.train, kind=kind or method.loss)
     sampling = None
-    if "engine" in c and "judge" in c:
-        new = max(c.judge.max_new_tokens, c.star.max_new_tokens if "star" in c else 0)
-        sampling = Sampling(c.engine.max_batch, (c.judge.max_prompt_tokens or ft.max_len) + new,
-                            c.engine.cache_dtype)
-    # fit keeps the weights it starts from; the STaR loop's sampler holds its own copy besides
-    return ft, sampling, 1 + ("star" in c)
+    if not method.head and "engine" in c:
+        groups = [c[g] for g in ("judge", "pointwise", "star", "sre") if g in c]
+        new = max(g.max_new_tokens for g in groups)
+        prompt = max((g.get("max_prompt_tokens") or 0 for g in groups), default=0)
+        sampling = Sampling(c.engine.max_batch, (prompt or ft.max_len) + new, c.engine.cache_dtype)
+    return ft, sampling, method.held_copies
 
 
 def _main(argv):
-    from absl import flags
-    from ml_collections import config_flags
-
-    from genrm_jax import cli
-
     f = flags.FLAGS
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -428,7 +420,7 @@ def _main(argv):
         mc = model_config(name, **overrides)
         if "compute_dtype" not in overrides:
             mc = mc.replace(compute_dtype=mc.param_dtype)  # as io.load_model does
-        ft, sampling, held = _config_plan_inputs(c, config_flags.get_config_filename(f["config"]), f.kind)
+        ft, sampling, held = config_inputs(c, f.kind)
         held = held if f.held_copies is None else f.held_copies
         plan = estimate(mc, ft, sizes, dev.bytes, sampling=sampling, held_copies=held, usable=f.usable)
         error = None
@@ -451,20 +443,17 @@ def _main(argv):
 
 
 def _cli():
-    from absl import flags
-
-    from genrm_jax import cli
-
     flags.DEFINE_string("model", None, "model: llama-3.1-8b, llama-3.1-70b, a HF directory or a registered name "
                                        "(default: config.model)")
     flags.DEFINE_string("device", None, f"device kind ({', '.join(DEVICES)}) or a TPU type (v5p-8, v4-32)")
     flags.DEFINE_string("mesh", None, "data,fsdp,model sizes (1,4,1) or axis=size pairs (fsdp=4); default: "
                                       "config.mesh, else every device on fsdp")
     flags.DEFINE_integer("devices", None, "number of devices (default: from --device's TPU size)")
-    flags.DEFINE_string("kind", None, "loss kind (default: from the config)")
+    flags.DEFINE_string("kind", None, "loss kind (default: the loss of the config's method, genrm_jax/methods.py)")
     flags.DEFINE_string("param_dtype", None, "override the param dtype (default float32, as io.load_model)")
     flags.DEFINE_string("compute_dtype", None, "override the compute dtype (default: the param dtype)")
-    flags.DEFINE_integer("held_copies", None, "weight copies held besides the trained ones (default: 1, 2 with STaR)")
+    flags.DEFINE_integer("held_copies", None, "weight copies held besides the trained ones (default: the method's, "
+                                              "genrm_jax/methods.py)")
     flags.DEFINE_float("usable", 0.9, "fraction of device memory the plan may fill")
     flags.DEFINE_bool("json", False, "print JSON")
     flags.mark_flag_as_required("device")

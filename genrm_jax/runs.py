@@ -3,6 +3,8 @@
     <workdir>/config.json       the resolved config; a second run in the same directory must have the same one
     <workdir>/stages/<name>.json  one file per finished stage (its result): a rerun skips what is there
     <workdir>/metrics.jsonl     one line per logged event (training steps, iterations, evaluations)
+    <workdir>/.lock             held (flock) by the process running the experiment: a second one is refused,
+                                naming the first's pid; the kernel releases it when that process ends, even by kill -9
 
 Resume has three levels: finished stages are skipped by their marker, training resumes from its orbax
 checkpoint (data iterator included), and JSONL outputs skip the record ids already written (`append_jsonl`
@@ -13,15 +15,25 @@ where the run computes, not what.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import tempfile
 from typing import Any, Iterable
 
+from genrm_jax import config_util
+
+LOCK_FILE = ".lock"
+
 
 class ConfigMismatchError(ValueError):
     """The directory holds a run with another config; the message names the differing keys."""
+
+
+class RunDirectoryError(ValueError):
+    """The run directory is in use by another process, or cannot be written; the message says which and why."""
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,15 +66,25 @@ def strict_json(value: Any) -> Any:
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes strict JSON through a temporary file and a rename: a kill never leaves half a file (main process
     only)."""
+    write_text_atomic(path, json.dumps(strict_json(obj), indent=2, allow_nan=False))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` through a temporary file and a rename: a kill never leaves half a file, and a failure (a
+    full disk, `path` a directory) leaves no temporary file behind (main process only)."""
     if not is_main_process():
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _umask() -> int:
@@ -123,23 +145,33 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> None:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(strict_json(row), ensure_ascii=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(strict_json(row), ensure_ascii=False, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------ run
 
 
 class Run:
-    """A run directory for `config` (a dict or ConfigDict). Refuses a directory that holds another config."""
+    """A run directory for `config` (a dict or ConfigDict). Refuses an invalid config (config_util.validate), a
+    directory that holds another config, and one that another process is running in (the main process holds
+    <workdir>/.lock while this process lives)."""
 
     def __init__(self, workdir: str, config: Any, *, main: bool | None = None):
         self.dir = os.path.abspath(workdir)
         self.config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         check_config(workdir, self.config)  # before JAX starts: a refusal is the only output
         self.main = is_main_process() if main is None else main
+        if self.main:
+            lock(self.dir)
+            check_config(workdir, self.config)  # again under the lock: a process that just finished may have bound it
         path = self.path("config.json")
         if self.main and (not os.path.exists(path) or _only_config(self.dir)):
             write_json_atomic(path, self.config)
@@ -172,8 +204,11 @@ class Run:
 
 
 def check_config(workdir: str, config: Any) -> None:
-    """Raises ConfigMismatchError, naming the differing keys, when `workdir` holds a run with another config.
-    Reads only config.json: call it before loading data or starting JAX, so that a refusal is one line."""
+    """Raises config_util.ConfigValueError, naming the key, for a field out of its range, and ConfigMismatchError,
+    naming the differing keys, when `workdir` holds a run with another config. Writes nothing and reads only
+    config.json: call it before loading data or starting JAX, so that a refusal is one line and the corrected
+    command runs in the same directory."""
+    config_util.validate(config)
     path = os.path.join(os.path.abspath(workdir), "config.json")
     if not os.path.exists(path) or _only_config(workdir):
         return  # a run that stopped before writing anything (a bad model path, say) does not bind its directory
@@ -193,11 +228,54 @@ _WHERE_NOT_WHAT = ("mesh.", "device_memory_gib")
 
 
 def _only_config(workdir: str) -> bool:
-    """Whether `workdir` holds config.json and nothing else but empty folders."""
+    """Whether `workdir` holds config.json and nothing else but empty folders (and the lock file)."""
     for root, _, files in os.walk(workdir):
-        if any(not (root == os.path.abspath(workdir) and f == "config.json") for f in files):
+        if any(not (root == os.path.abspath(workdir) and f in ("config.json", LOCK_FILE)) for f in files):
             return False
     return True
+
+
+# ------------------------------------------------------------------------------------------------ lock
+
+_HELD: dict[str, int] = {}  # run directory -> descriptor of its lock file, flock-ed by this process
+
+
+def lock(workdir: str) -> None:
+    """Takes <workdir>/.lock (an exclusive flock, its holder's pid written in it) for this process's lifetime, or
+    raises RunDirectoryError naming the process that holds it (or why the directory cannot be written). Taking it
+    again in the same process is a no-op. The kernel drops a flock when its process ends, however it ends, so a
+    killed run never leaves its directory locked."""
+    workdir = os.path.abspath(workdir)
+    path = os.path.join(workdir, LOCK_FILE)
+    fd = _HELD.get(workdir)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return
+        unlock(workdir)  # the directory was removed and made again: lock the new file
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunDirectoryError(f"{workdir}: cannot write to the run directory ({e.strerror}); choose another "
+                                "--workdir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirectoryError(f"{workdir} is in use by process {holder} (it holds {path}); wait for it to end, "
+                                "or choose another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[workdir] = fd
+
+
+def unlock(workdir: str) -> None:
+    """Releases this process's lock on `workdir` (if it holds one)."""
+    fd = _HELD.pop(os.path.abspath(workdir), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
 
 
 def differing_keys(old: dict, new: dict) -> dict[str, tuple]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 
 class TokenizerError(ValueError):
@@ -35,3 +36,18 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True
     if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
         out = out["input_ids"]
     return list(out)
+
+
+def fit_prefix(prefix: Sequence[int], completion_lengths: Sequence[int], max_len: int):
+    """The prefix cut from the left so that prefix + the longest completion fits in max_len (the one rule by which
+    training sequences and judge prompts are fitted).
+
+    Returns (kept_prefix, truncated) or (None, False) when the completion leaves no room for even one prefix
+    token (a completion with no context would teach nothing about the prompt).
+    """
+    room = max_len - max(completion_lengths)
+    if room < 1:
+        return None, False
+    if len(prefix) <= room:
+        return list(prefix), False
+    return list(prefix[len(prefix) - room:]), True

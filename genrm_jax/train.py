@@ -14,6 +14,7 @@ way in and out, so XLA inserts the gathers and reductions and the state never mo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -65,24 +66,58 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def schedule_values(cfg: OptimConfig) -> dict:
+    """The numbers of the learning-rate schedule: peak `learning_rate`, `warmup_steps` (a warm-up shorter than
+    one step is none: forcing one would make a 1-step fit, a small STaR iteration, take its only step at lr 0),
+    `decay_steps` (where the cosine ends) and `final_learning_rate`."""
+    warmup = int(round(cfg.warmup_fraction * cfg.total_steps))
+    decay = max(cfg.total_steps, warmup + 1) if warmup else max(cfg.total_steps, 1)
+    return {"learning_rate": float(cfg.learning_rate), "warmup_steps": warmup, "decay_steps": decay,
+            "final_learning_rate": float(cfg.learning_rate * cfg.final_lr_fraction)}
+
+
+def warmup_cosine(step, learning_rate, warmup_steps, decay_steps, final_learning_rate):
+    """The lr at `step`: linear from 0 at step 0 to the peak at `warmup_steps`, then cosine down to
+    `final_learning_rate` at `decay_steps` (optax's warmup_cosine_decay_schedule). Every argument may be traced,
+    so the schedule's length is data to a compiled step, not part of it."""
+    step = jnp.asarray(step, jnp.float32)
+    warmup, decay = (jnp.asarray(x, jnp.float32) for x in (warmup_steps, decay_steps))
+    warm = learning_rate * step / jnp.maximum(warmup, 1.0)
+    frac = jnp.clip(step - warmup, 0.0, decay - warmup) / jnp.maximum(decay - warmup, 1.0)
+    cosine = final_learning_rate + (learning_rate - final_learning_rate) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.where(step < warmup, warm, cosine)
+
+
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     """Linear warm-up over `warmup_fraction` of the steps (from lr 0 at step 0; none when that rounds to 0
     steps), then cosine decay to `final_lr_fraction` x peak."""
-    # A warm-up shorter than one step is none: forcing one would make a 1-step fit (a small STaR iteration)
-    # take its only step at lr 0.
-    warmup = int(round(cfg.warmup_fraction * cfg.total_steps))
-    end = cfg.learning_rate * cfg.final_lr_fraction
-    if warmup:
-        return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.total_steps, warmup + 1),
-                                                  end_value=end)
-    return optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.total_steps, 1), alpha=cfg.final_lr_fraction)
+    values = schedule_values(cfg)
+    return lambda step: warmup_cosine(step, **values)
 
 
 def make_optimizer(cfg: OptimConfig = OptimConfig()) -> optax.GradientTransformation:
-    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
-    parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=_decay_mask))
-    return optax.chain(*parts)
+    """AdamW (clipped) whose schedule numbers (`schedule_values`) live in its state as arrays
+    (optax.inject_hyperparams): optimisers of schedules of any length share one compiled train step."""
+    def adamw(learning_rate, warmup_steps, decay_steps, final_learning_rate):
+        schedule = functools.partial(warmup_cosine, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                                     decay_steps=decay_steps, final_learning_rate=final_learning_rate)
+        parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
+        parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 mask=_decay_mask))
+        return optax.chain(*parts)
+
+    # fixed dtypes (no weakly typed Python scalars): a fresh, a stepped and a restored state trace alike
+    return optax.inject_hyperparams(adamw)(**{k: np.asarray(v, np.int32 if isinstance(v, int) else np.float32)
+                                              for k, v in schedule_values(cfg).items()})
+
+
+def learning_rate_at(opt_state, step):
+    """The lr `make_optimizer`'s optimiser applies at `step`, from the schedule numbers in its state; None for
+    an optimiser that keeps none."""
+    hp = getattr(opt_state, "hyperparams", None)
+    if not isinstance(hp, dict) or set(hp) != set(schedule_values(OptimConfig())):
+        return None
+    return warmup_cosine(step, **hp)
 
 
 def state_shardings(params, param_shardings, optimizer: optax.GradientTransformation) -> TrainState:
@@ -128,12 +163,12 @@ def _split_micro(batch, n):
 
 
 def make_train_step(loss_fn: Callable[[Any, dict, jax.Array], Loss], optimizer: optax.GradientTransformation, *,
-                    accum_steps: int = 1, schedule: optax.Schedule | None = None, donate: bool = True,
-                    jit: bool = True, shardings: TrainState | None = None):
+                    accum_steps: int = 1, donate: bool = True, jit: bool = True, shardings: TrainState | None = None):
     """`loss_fn(params, batch, rng) -> Loss` (losses.make_loss_fn) -> `step(state, batch, rng) -> (state, metrics)`.
 
     metrics: the loss's own metrics (weighted means over the whole batch), `grad_norm` (before clipping),
-    `weight` (loss units in the batch) and, given the optimiser's `schedule`, the step's `lr`.
+    `weight` (loss units in the batch) and, with `make_optimizer`'s optimiser, the step's `lr` (read from the
+    schedule numbers in the optimiser state: the step compiles once for schedules of any length).
     `shardings` (state_shardings): the state stays in them, batch rows are split over data x fsdp, metrics and
     the rng are replicated.
     """
@@ -173,8 +208,9 @@ def make_train_step(loss_fn: Callable[[Any, dict, jax.Array], Loss], optimizer: 
             metrics = jax.tree.map(lambda m: m / denom, msum)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["weight"] = wsum
-        if schedule is not None:
-            metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        lr = learning_rate_at(state.opt_state, state.step)
+        if lr is not None:
+            metrics["lr"] = jnp.asarray(lr, jnp.float32)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = TrainState(state.step + 1, params, opt_state, state.rng)

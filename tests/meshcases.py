@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
 from genrm_jax import losses, sharding, train  # noqa: E402
@@ -110,8 +111,8 @@ def case_train():
                     if abs(m[k] - r[k]) > TOL * max(1.0, abs(r[k])):
                         raise AssertionError(f"mesh {shape} {kind} metric {k}: {m[k]} vs {r[k]}")
             check_split(state.params, sh.params, shape, f"mesh {shape} params")
-            mu = state.opt_state[1][0].mu
-            check_split(mu, sh.opt_state[1][0].mu, shape, f"mesh {shape} adam mu")
+            mu = optax.tree_utils.tree_get(state.opt_state, "mu")
+            check_split(mu, optax.tree_utils.tree_get(sh.opt_state, "mu"), shape, f"mesh {shape} adam mu")
             assert int(state.step) == 2
         print(f"mesh {shape}: forward and 2 train steps (sft, bt) equal one device", flush=True)
 
@@ -139,8 +140,8 @@ def case_checkpoint():
             close(restored, saved, f"restored under {name}")
             if name != "one device":
                 check_split(restored.params, target_sh.params, name, f"restored under {name}")
-            mu = restored.opt_state[1][0].mu["model"]["embed"]
-            if mu.sharding != target_sh.opt_state[1][0].mu["model"]["embed"]:
+            mu = optax.tree_utils.tree_get(restored.opt_state, "mu")["model"]["embed"]
+            if mu.sharding != optax.tree_utils.tree_get(target_sh.opt_state, "mu")["model"]["embed"]:
                 raise AssertionError(f"restored under {name}: adam mu has sharding {mu.sharding}")
             print(f"saved under (1, 8, 1), restored under {name}: equal, resharded", flush=True)
         restored = ckpt.restore(train.abstract_state(params, opt))  # no mesh at all: one plain device

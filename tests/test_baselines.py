@@ -13,7 +13,7 @@ import pytest
 from chartok import CharTokenizer
 
 from genrm_jax import baselines
-from genrm_jax.data import pipeline, sources
+from genrm_jax.data import pipeline, sources, splits
 from genrm_jax.judge import verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +213,6 @@ def test_head_baseline_smoke_exports_the_trained_head(smoke, method, kind):
     import jax
 
     from experiments.configs import presets
-    from genrm_jax import recipe
     from genrm_jax.judge import api
     from genrm_jax.models import heads
 
@@ -225,7 +224,7 @@ def test_head_baseline_smoke_exports_the_trained_head(smoke, method, kind):
     assert not np.allclose(head["w"], heads.init(jax.random.PRNGKey(0), model.config)["w"])  # it trained
     # The exported model and head reproduce eval_1's scores of the held-out pairs.
     c = presets.base("smoke")
-    _, sets = recipe.data(c.data, c.seed)
+    _, sets = splits.experiment_data(c.data, c.seed)
     pairs = sets["hh-rlhf-held-out"]
     judge = api.Judge(model, api.JudgeConfig(method=kind, position="both", max_len=c.train.max_len,
                                              max_answer_tokens=c.judge.max_answer_tokens), head=head)

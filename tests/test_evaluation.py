@@ -133,3 +133,96 @@ def test_report_of_one_example_is_strict_json(tmp_path):
 def test_report_of_no_records_is_refused():
     with pytest.raises(ValueError, match="no records to score"):
         ev.dataset_report([], np.zeros(0), np.zeros((0, 1, 1), np.int8))
+
+
+# ------------------------------------------------------------------------------------------ significance
+
+
+@pytest.mark.parametrize("a_only, b_only, p", [
+    (8, 2, 0.109375),        # 2 * (C(10,0) + C(10,1) + C(10,2)) / 2^10 = 2 * 56 / 1024
+    (2, 8, 0.109375),        # symmetric
+    (10, 0, 2 / 1024),       # all discordant pairs one way
+    (5, 5, 1.0),             # balanced: capped at 1
+    (0, 0, 1.0),             # no discordant pair: no evidence
+    (6, 1, 0.125),           # 2 * (1 + 7) / 128
+    (20, 5, 2 * sum(__import__("math").comb(25, i) for i in range(6)) / 2 ** 25),
+])
+def test_mcnemar_exact_matches_hand_computation(a_only, b_only, p):
+    assert ev.mcnemar_exact(a_only, b_only) == pytest.approx(p, rel=1e-12)
+
+
+def test_paired_comparison_counts_and_significance():
+    a = np.array([1.0] * 8 + [0.0] * 2 + [1.0] * 30 + [0.0] * 10 + [0.5] * 4)
+    b = np.array([0.0] * 8 + [1.0] * 2 + [1.0] * 30 + [0.0] * 10 + [1.0] * 4)
+    r = ev.paired_comparison(a, b)
+    # a tie (1/2) is not right, so the last 4 examples are right for B only
+    assert (r["a_only"], r["b_only"], r["n"]) == (8, 6, 54)
+    assert r["mcnemar_p"] == pytest.approx(ev.mcnemar_exact(8, 6))
+    assert r["difference"] == pytest.approx(a.mean() - b.mean())
+    assert r["ci95"][0] <= r["difference"] <= r["ci95"][1] and not r["significant"]
+    strong = ev.paired_comparison(np.ones(60), np.r_[np.ones(30), np.zeros(30)])
+    assert strong["significant"] and strong["mcnemar_p"] == pytest.approx(2 / 2 ** 30)
+    with pytest.raises(ValueError, match="equal"):
+        ev.paired_comparison(np.ones(3), np.ones(4))
+
+
+def test_bootstrap_interval_covers_the_true_difference_and_is_degenerate_on_agreement():
+    rng = np.random.default_rng(1)
+    # judges right with probability 0.8 and 0.6, independently per example: true difference 0.2
+    covered = 0
+    for trial in range(20):
+        a = (rng.random(400) < 0.8).astype(float)
+        b = (rng.random(400) < 0.6).astype(float)
+        lo, hi = ev.paired_bootstrap_ci(a, b, n_boot=2000, seed=trial)
+        assert lo < a.mean() - b.mean() < hi
+        covered += lo <= 0.2 <= hi
+    assert covered >= 16  # a 95% interval: about 19 of 20
+    same = (rng.random(100) < 0.7).astype(float)
+    assert ev.paired_bootstrap_ci(same, same) == (0.0, 0.0)
+    r = ev.paired_comparison(same, same)
+    assert r["ci95"] == [0.0, 0.0] and r["mcnemar_p"] == 1.0 and r["difference"] == 0.0
+    # the same judgments in a different order give another interval: the test pairs examples
+    assert ev.paired_bootstrap_ci(same, same[::-1])[1] > 0
+
+
+def _write_judgments(path, p_chosen, ids=None, subset="s"):
+    ids = ids if ids is not None else range(len(p_chosen))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i, p in zip(ids, p_chosen):
+            f.write(json.dumps({"id": str(i), "subset": subset, "source": "x", "a_is_chosen": True,
+                                "p_chosen": p, "votes_chosen": [[1]], "rationales": [], "truncated": False,
+                                "skipped": None}) + "\n")
+
+
+def test_compare_command_reads_runs_stages_and_files(tmp_path, capsys):
+    from genrm_jax import compare
+
+    run = tmp_path / "run"
+    before = [0.4] * 50 + [0.9] * 50          # right on 50 of 100
+    after = [0.9] * 45 + [0.2] * 5 + [0.9] * 50  # right on 95: 45 more, none lost
+    _write_judgments(run / "eval" / "eval_0" / "judgments-verifiable-in.jsonl", before)
+    _write_judgments(run / "eval" / "eval_2" / "judgments-verifiable-in.jsonl", after)
+    _write_judgments(run / "eval" / "eval_10" / "judgments-verifiable-in.jsonl", after[:-1] + [0.5])
+    out = compare.compare(f"{run}:eval_2", f"{run}:eval_0")["verifiable-in"]
+    assert (out["a_only"], out["b_only"], out["n"]) == (45, 0, 100)
+    assert out["difference"] == pytest.approx(0.45) and out["significant"]
+    assert out["mcnemar_p"] == pytest.approx(2 / 2 ** 45)
+    latest = compare.compare(str(run), f"{run}:eval_0")["verifiable-in"]  # the last stage is eval_10, not eval_2
+    assert latest["file_a"].endswith("eval_10/judgments-verifiable-in.jsonl")
+    assert (latest["a_only"], latest["b_only"]) == (45, 1)  # its last pair is a tie: not right
+    # a lone file against another with other ids: only the common pairs count
+    other = tmp_path / "judgments-other.jsonl"
+    _write_judgments(other, [0.9] * 10, ids=range(95, 105))
+    mixed = compare.compare(str(other), f"{run}:eval_0")
+    ((name, r),) = mixed.items()
+    assert name == "other vs verifiable-in" and r["n"] == 5 and (r["only_a"], r["only_b"]) == (5, 95)
+    assert compare.main([f"{run}:eval_2", f"{run}:eval_0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verifiable-in"]["a_only"] == 45
+    assert compare.main([f"{run}:eval_2", f"{run}:eval_0"]) == 0
+    assert "| verifiable-in | 100 | 0.950 | 0.500 | +0.450 * |" in capsys.readouterr().out
+    assert compare.main([f"{run}:eval_7", str(run)]) == 2
+    assert "no evaluation stage 'eval_7'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="judged twice"):
+        _write_judgments(other, [0.9, 0.9], ids=[1, 1])
+        ev.read_judgments(str(other))

@@ -1,4 +1,5 @@
 """finetune.fit, the padded last batch (rows that count for nothing), the run directory and resumable JSONL."""
+import dataclasses
 import json
 
 import jax
@@ -8,7 +9,7 @@ import pytest
 from chartok import CharTokenizer
 from conftest import tiny_config
 
-from genrm_jax import finetune, losses, runs
+from genrm_jax import finetune, losses, runs, train
 from genrm_jax.data.pipeline import Pipeline, collate, encode_records
 from genrm_jax.models import llama
 
@@ -53,9 +54,18 @@ def test_pipeline_keeps_every_example_and_one_shape_per_bucket():
     assert sum(int(b["valid"].sum()) for b in batches) == 7
 
 
-def test_fit_trains_resumes_and_returns_the_final_weights(tmp_path):
+def test_fit_trains_resumes_and_returns_the_final_weights(tmp_path, monkeypatch):
     from genrm_jax.io.tiny import TINY
 
+    traces = []  # the loss function runs once per trace of the train step
+    make_loss_fn = losses.make_loss_fn
+
+    def counted(*a, **k):
+        fn = make_loss_fn(*a, **k)
+        return lambda *args: (traces.append(1), fn(*args))[1]
+
+    monkeypatch.setattr(finetune, "_TRAIN_STEPS", {})  # no step kept from another test
+    monkeypatch.setattr(finetune.losses, "make_loss_fn", counted)
     cfg = llama.LlamaConfig(**{**TINY, "vocab_size": 128, "max_position_embeddings": 256})
     params = llama.init(jax.random.PRNGKey(0), cfg)
     records = [{"messages": r["messages"], "target": r["chosen"]} for r in _pairs(6)]
@@ -67,6 +77,15 @@ def test_fit_trains_resumes_and_returns_the_final_weights(tmp_path):
     again, info2 = finetune.fit(params, records, ft, cfg, CharTokenizer(), str(tmp_path / "a"), progress=False)
     assert info2["resumed_from"] == 6  # finished: restored, not trained again
     jax.tree.map(np.testing.assert_array_equal, new, again)
+    # A fit of another length (a later STaR iteration; another lr too) runs the step compiled by the first: one
+    # trace in all, and each fit still follows its own schedule.
+    short = dataclasses.replace(ft, epochs=1, learning_rate=3e-2)
+    _, info3 = finetune.fit(new, records[:3], short, cfg, CharTokenizer(), str(tmp_path / "b"), progress=False)
+    assert info3["steps"] == 2 and len(traces) == 1
+    for path, f, steps in ((tmp_path / "a", ft, 6), (tmp_path / "b", short, 2)):
+        lrs = [json.loads(line)["lr"] for line in open(path / "metrics.jsonl")]
+        want = train.learning_rate_schedule(train.OptimConfig(learning_rate=f.learning_rate, total_steps=steps))
+        np.testing.assert_allclose(lrs, [float(want(i)) for i in range(steps)], rtol=1e-6)
     with pytest.raises(ValueError, match="finetune.kind"):
         finetune.FinetuneConfig(kind="nope")
     with pytest.raises(ValueError, match=r"config.train: unknown settings \['lr'\]"):

@@ -233,3 +233,84 @@ def test_experiment_config_and_eval_sets(tmp_path):
     assert len(benchmark.eval_sets({"path": str(p), "format": "jsonl"})["mine"]) == 9
     with pytest.raises(ValueError, match="unknown preset"):
         cfg_mod.get_config("nope")
+
+
+# ------------------------------------------------------------------ forced verdicts from the rows' KV cache
+
+
+class _RoundTrip(CharTokenizer):
+    """CharTokenizer whose every id decodes to a character of its own (ids the base class leaves blank become
+    U+0100 + id), so a rationale's text encodes back to the very tokens sampled: forced verdicts reuse most of
+    the row's cache, not only its first few tokens."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) - 0x100 if ord(c) >= 0x100 else super(_RoundTrip, self).encode(c)[0] for c in text]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(super(_RoundTrip, self).decode([i]) or chr(0x100 + i) for i in ids)
+
+
+def _second_prefill(outs):
+    """The completions without their cache-scored continuation: `forced` then prefills prompt + rationale again."""
+    import dataclasses
+
+    return [[dataclasses.replace(c, continuation=None) for c in cs] for cs in outs]
+
+
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
+def test_forced_verdicts_from_the_cache_equal_a_second_prefill(kernels):
+    """P(label) read after the rationale from each row's KV cache equals the two-prefill path within 1e-4, for the
+    pairwise [[A]]/[[B]] and the pointwise 1-5 verdicts, with rows that end (EOS) at different steps, prompts of
+    different lengths left-padded in one batch, and more samples than fit in one batch."""
+    from genrm_jax.sampling import Engine, SamplingParams
+
+    # ten tokens of the vocabulary end a row: rows stop at many different steps, some run to the length limit
+    cfg = tiny_config(max_position_embeddings=512, eos_token_ids=tuple(range(60, 70)), kernels=kernels)
+    m = types.SimpleNamespace(config=cfg, params=llama.init(jax.random.PRNGKey(0), cfg), tokenizer=_RoundTrip(),
+                              path="tiny")
+    engine, tok = Engine(m, max_batch=8), m.tokenizer
+    ids = [tok.apply_chat_template([{"role": "user", "content": "x" * n}]) for n in (3, 17, 40)]
+    for style, n in (("brackets", 3), ("result", 5)):  # n = 5: a prompt's samples span two batches of 8 rows
+        labels = api.verdict_label_tokens(tok, style)
+        sp = SamplingParams(temperature=1.0, max_new_tokens=16, n=n, seed=1, stop_strings=("[[",))
+        engine.stats.clear()
+        outs = engine.generate(ids, sp, then=api.forced_continuation(tok, style, labels))
+        new = api.forced(engine, tok, ids, outs, style, labels, 1.0, 0)
+        assert engine.stats["score_tokens"] == 0  # no second prefill
+        assert engine.stats["continuation_reused"] > engine.stats["continuation_tokens"] / 2
+        lengths = [len(c.token_ids) for cs in outs for c in cs]
+        assert len(set(lengths)) > 3 and {c.finish_reason for cs in outs for c in cs} >= {"eos", "length"}
+        old = api.forced(engine, tok, ids, _second_prefill(outs), style, labels, 1.0, 0)
+        assert engine.stats["score_tokens"] > 0
+        assert len(new) == len(old) == len(ids) * n
+        for a, b in zip(new, old):
+            assert a[:3] == b[:3] and a[4] == b[4]  # same prompt, sample, rationale and drawn label
+            np.testing.assert_allclose(a[3], b[3], atol=1e-4, rtol=0)
+
+
+def test_judges_force_verdicts_without_a_second_prefill(long_model):
+    """Judge (cot, force) and PointwiseJudge score from the cache: the same P(A) and distributions as an engine
+    that prefills prompt + rationale again, and no scoring prefill."""
+    from genrm_jax.judge import pointwise
+    from genrm_jax.sampling import Engine
+
+    engine = Engine(long_model, max_batch=8)
+    judge = api.Judge(long_model, api.JudgeConfig(k=2, temperature=1.0, max_new_tokens=8, position="both",
+                                                  verdict="force"), engine=engine)
+    pw = pointwise.PointwiseJudge(long_model, pointwise.PointwiseConfig(n=2, temperature=1.0, max_new_tokens=8),
+                                  engine=engine)
+    items = [{"conversation": CONV, "response": r, "rubric": "Is it kind?"} for r in ("yes", "a longer answer")]
+    j = judge.compare([CONV, CONV], ["yes", "a longer answer"], ["no", "b"])
+    scored = pw.score(items)
+    assert engine.stats["score_tokens"] == 0 and engine.stats["continuation_tokens"] > 0
+    engine.generate = lambda *a, then=None, **k: Engine.generate(engine, *a, **k)  # the old path: no `then`
+    j_old = judge.compare([CONV, CONV], ["yes", "a longer answer"], ["no", "b"])
+    scored_old = pw.score(items)
+    assert engine.stats["score_tokens"] > 0
+    np.testing.assert_allclose(j.sample_p_a, j_old.sample_p_a, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(j.p_a, j_old.p_a, atol=1e-4, rtol=0)
+    assert j.rationales == j_old.rationales
+    for a, b in zip(scored, scored_old):
+        for x, y in zip(a["judgments"], b["judgments"]):
+            assert x["text"] == y["text"] and x["score"] == y["score"]
+            np.testing.assert_allclose(x["dist"], y["dist"], atol=1e-4, rtol=0)

@@ -160,8 +160,10 @@ def test_cpu_and_xla_kernels_give_the_same_loss_and_gradients(tiny, tied):
 
 
 def test_kernels_are_chosen_by_the_config(tiny):
-    assert llama.resolve_kernels(tiny) == ("cpu" if jax.default_backend() == "cpu" else "xla")  # "auto"
-    assert llama.resolve_kernels(tiny.replace(kernels="xla")) == "xla"
+    auto = {"cpu": "cpu", "gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "xla")
+    assert llama.resolve_kernels(tiny) == auto  # "auto"
+    for kernels in ("xla", "cudnn", "splash"):
+        assert llama.resolve_kernels(tiny.replace(kernels=kernels)) == kernels
     with pytest.raises(ValueError, match="kernels='gpu'"):
         tiny.replace(kernels="gpu")
 

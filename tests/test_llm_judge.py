@@ -404,3 +404,21 @@ def test_end_to_end_main(tiny_dir, tmp_path):
         assert len(lines) == 6 and all(isinstance(_strict_json(x)["p_chosen"], float) for x in lines)
     assert report["meta"]["judges"]["genrm"]["position"] == "both"
     assert (work / "report.md").exists()
+    # the bias section (judge/bias.py): position, length, and the master-key attack on every key
+    bias = report["datasets"]["pairs/cot"]["bias"]
+    assert bias["n"] == 6 and 0.0 <= bias["master_key"]["rate"] <= 1.0 and len(bias["master_key"]["per_key"]) >= 5
+    assert set(bias["position"]) >= {"first_win_rate", "flip_rate"}
+
+
+def test_main_scores_rewardbench2_by_its_official_rules(tiny_dir, tmp_path):
+    rows = [{"id": "1", "prompt": "What is 2 + 2?", "chosen": ["4"], "rejected": ["5", "6", "7"], "subset": "Math"},
+            {"id": "2", "prompt": "Say hi.", "chosen": ["Hi!"], "rejected": ["No.", "?", "Bye."], "subset": "Focus"}]
+    data = tmp_path / "rb2.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work = tmp_path / "run"
+    r = _run("--workdir", str(work), f"--config.model={tiny_dir}", f"--config.eval.path={data}",
+             "--config.eval.format=rewardbench2", "--config.methods=genrm", "--config.eval.bias=false", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    scored = _strict_json((work / "report.json").read_text())["meta"]["benchmark_scores"]["rb2/genrm"]
+    assert scored["format"] == "rewardbench2" and scored["n"] == 2
+    assert set(scored["scores"]["subsets"]) == {"Math", "Focus"} and 0.0 <= scored["scores"]["overall"] <= 1.0

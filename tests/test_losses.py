@@ -184,3 +184,35 @@ def test_reference_logprobs_from_the_pipeline_make_dpo_start_at_log2():
     batch = next(pipe.iterator())
     out = losses.make_loss_fn("dpo", cfg)(params, batch, None)
     assert abs(float(out.value) - math.log(2)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["dpo", "ipo"])
+def test_preference_metrics_ignore_padded_rows(kind):
+    """Rows that only fill a batch (weights 0) change neither the loss nor any metric: every figure equals the one
+    of the real rows alone, even when the padded rows hold extreme log-probs."""
+    fn = losses.dpo if kind == "dpo" else losses.ipo
+    real = [np.array([-3.0, -1.0]), np.array([-4.0, -2.5]), np.array([-5.0, -5.0]), np.array([-4.5, -1.5])]
+    pad = [np.array([0.0, -90.0]), np.array([-80.0, 0.0]), np.array([-7.0, -90.0]), np.array([-60.0, -7.0])]
+    alone = fn(*map(jnp.asarray, real), beta=0.5)
+    padded = fn(*[jnp.asarray(np.concatenate([r, p])) for r, p in zip(real, pad)], beta=0.5,
+                weights=jnp.asarray([1.0, 1.0, 0.0, 0.0]))
+    assert float(padded.weight) == 2.0
+    for k, v in alone.metrics.items():
+        assert abs(float(padded.metrics[k]) - float(v)) < 1e-5, (k, float(padded.metrics[k]), float(v))
+
+
+def test_a_registered_loss_is_one_function(monkeypatch):
+    monkeypatch.setattr(losses, "LOSSES", dict(losses.LOSSES))
+
+    @losses.register_loss("hinge", pairs=True, reference=True, beta=0.5)
+    def _hinge(config, beta):
+        def fn(params, batch, rng):
+            lp = losses.pair_logprobs(params["model"], batch, config)
+            return losses.Loss(jnp.maximum(0.0, beta - (lp[:, 0] - lp[:, 1])).mean(), jnp.float32(1), {})
+        return fn
+
+    assert losses.spec("hinge").pairs and losses.spec("hinge").beta == 0.5
+    assert losses.spec("hinge").record == "dpo"  # finetune feeds it DPO-shaped records: no pipeline change
+    assert callable(losses.make_loss_fn("hinge", tiny_config()))
+    with pytest.raises(ValueError, match="registered twice"):
+        losses.register_loss("sft", pairs=False)(_hinge)

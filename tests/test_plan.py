@@ -21,7 +21,9 @@ GiB = 2**30
 L, D, F, H, K, DH, V = 32, 4096, 14336, 32, 8, 128, 128256
 MATRICES = V * D + D * V + L * (D * H * DH + 2 * D * K * DH + H * DH * D + 3 * D * F)  # embed, lm_head, layers
 NORMS = (2 * L + 1) * D  # attn_norm and mlp_norm per layer, the final norm: replicated on every device
-ADAM_COUNTERS = 2 * 4  # int32 step counters of scale_by_adam and of the schedule, replicated
+# int32 step counters of scale_by_adam and of the schedule, and the schedule's own counter and 4 numbers
+# (train.make_optimizer keeps them in the state as data), replicated
+ADAM_COUNTERS = 2 * 4 + 5 * 4
 
 
 def small_batch(**kw):
@@ -212,3 +214,53 @@ def test_cli_json_and_table():
 def test_cli_errors_are_one_line(args, message):
     out = run_cli(*args)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+
+
+# What each experiment truly trains (read in its code: baselines.py one fit of the base model; star/loop.py a fit per
+# iteration while the sampler keeps its own weights; star/sre.py DPO iterations with J_SFT kept for best-of-N) and
+# the weight copies held besides the trained ones. Written out here, not read from the registry, so that a wrong
+# registry entry fails.
+TRAINS = {"genrm": ("sft", 1), "cot_genrm": ("sft", 1), "bt_rm": ("bt", 1), "pairrm": ("pairrm", 1),
+          "star_sft": ("sft", 2), "star_dpo": ("dpo", 2), "rationalizer": ("sft", 2),
+          "self_rationalization": ("dpo", 3)}
+CONFIGS = [(m, p) for m in TRAINS for p in ("smoke", "default", "small", "paper")] + [("rationalizer", "ipo")]
+
+
+def _config(module, preset):
+    import importlib
+
+    return importlib.import_module(f"experiments.configs.{module}").get_config(preset)
+
+
+@pytest.mark.parametrize("module, preset", CONFIGS)
+def test_the_planner_plans_what_the_run_trains(module, preset):
+    """plan.config_inputs (what `python -m genrm_jax.plan` and the run's own check before loading plan) takes the
+    loss and held copies from the config's method, never from the config's file name."""
+    from genrm_jax import finetune, methods
+
+    c = _config(module, preset)
+    ft, sampling, held = plan.config_inputs(c)
+    kind, copies = TRAINS[module] if preset != "ipo" else ("ipo", 2)
+    assert (ft.kind, held) == (kind, copies)
+    # ... which is the FinetuneConfig the experiment skeleton trains with (genrm_jax/experiment.py)
+    assert finetune.FinetuneConfig.from_config(c.train, kind=methods.of_config(c).loss) == ft
+    assert (sampling is None) == (module in ("bt_rm", "pairrm"))  # a reward head samples nothing
+    if sampling is not None:
+        new = max(c[g].max_new_tokens for g in ("judge", "star", "sre", "pointwise") if g in c)
+        assert sampling.length >= new and sampling.rows == c.engine.max_batch
+
+
+def test_the_planner_reads_the_method_not_the_file_name(tmp_path):
+    """`python -m genrm_jax.plan` on a config file whose name says nothing: Self-Rationalization is planned as the
+    DPO it trains with three held copies (it used to be planned as SFT with one)."""
+    path = tmp_path / "anything.py"
+    path.write_text("from experiments.configs import self_rationalization\n\n\ndef get_config(arg=None):\n"
+                    "    return self_rationalization.get_config('smoke')\n")
+    out = run_cli(f"--config={path}", "--model=llama-3.1-8b", "--device=v5p-8", "--json")
+    details = json.loads(out.stdout)["details"]
+    assert (details["kind"], details["held_copies"]) == ("dpo", 3), out.stderr[-500:]
+
+
+def test_the_planner_refuses_a_method_that_trains_nothing():
+    with pytest.raises(ValueError, match="llm_judge.*trains nothing"):
+        plan.config_inputs(_config("llm_judge", "default"))

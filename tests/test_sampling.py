@@ -245,6 +245,27 @@ def test_score_next_token_matches_forward(tiny_model, engine, kernels):
         engine.score_next_token(PROMPTS, [128])
 
 
+def test_continuation_scored_from_the_cache_matches_forward(tiny_model, engine):
+    """`generate(..., then=Continuation)`: the next-token log-probs after prompt + any continuation (the whole
+    generated sequence and more, a part of it and a new token, exactly it) equal the full forward pass."""
+    seen = {}
+
+    def tokens(c):
+        ids, k = c.token_ids, len(seen) % 3
+        seen[id(c)] = ids + [7, 9] if k == 0 else ids[:len(ids) // 2] + [5] if k == 1 else list(ids)
+        return seen[id(c)]
+
+    cands = (3, 4, 100)
+    engine.stats.clear()
+    out = engine.generate(PROMPTS, sampling.SamplingParams(temperature=1.0, max_new_tokens=10, n=2, seed=3),
+                          then=sampling.Continuation(tokens, cands))
+    assert engine.stats["continuation_reused"] > engine.stats["continuation_tokens"] > 0
+    for prompt, cs in zip(PROMPTS, out):
+        for c in cs:
+            want = full_logprobs(tiny_model, prompt, seen[id(c)] + [0])[-1][list(cands)]
+            np.testing.assert_allclose(c.continuation, want, atol=1e-5)
+
+
 def test_bad_input_is_rejected(engine):
     with pytest.raises(ValueError, match="top_p"):
         sampling.SamplingParams(top_p=0.0)

@@ -221,7 +221,7 @@ def _pair_row(fmt, chosen, rejected):
     if fmt == "jsonl":
         return {"prompt": "q", "chosen": chosen, "rejected": rejected}
     if fmt == "rewardbench":
-        return {"id": 1, "prompt": "q", "chosen": chosen, "rejected": rejected, "subset": "s"}
+        return {"id": f"{chosen}|{rejected}", "prompt": "q", "chosen": chosen, "rejected": rejected, "subset": "s"}
     if fmt == "ultrafeedback":
         return {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": rejected}]}

@@ -307,6 +307,11 @@ def test_smoke_reports_jsft_baselines_and_both_iterations(reference):
                                         "best-of-2 SFT") for j in ("pairwise", "pointwise")]
     for r in report["rows"]:
         assert 0.0 <= r["hh-rlhf-held-out/accuracy"] <= 1.0
+    # the bias section of each judge, before the DPO iterations (J_SFT) and after the last one
+    for i, r in enumerate(report["rows"]):
+        assert ("bias/master_key_rate" in r) == (r["method"] in ("J_SFT", "SRE iteration 2")), (i, r["method"])
+        if "bias/master_key_rate" in r:
+            assert 0.0 <= r["bias/master_key_rate"] <= 1.0
     # iteration 1 trained on exactly the pairs written for it, from the judgments sampled in its part
     recs = jsonl(reference / "train" / "iter_1.jsonl")
     lines = {t: jsonl(reference / "samples" / f"iter_1_{t}.jsonl") for t in ("pointwise", "pairwise")}

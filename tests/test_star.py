@@ -1,4 +1,5 @@
-"""The STaR loop (genrm_jax/star, recipe, finetune, runs) and its entry points star_sft, star_dpo, rationalizer.
+"""The STaR loop (genrm_jax/star, experiment, data/splits, finetune, runs) and its entry points star_sft, star_dpo,
+rationalizer.
 
 Selection is checked on hand-made judgment lines against exact record lists; the experiments run end to end
 on the tiny random model in subprocesses (with a JAX compilation cache shared by this module's runs, so each
@@ -16,7 +17,6 @@ import time
 import numpy as np
 import pytest
 
-from genrm_jax import recipe
 from genrm_jax.data import splits
 from genrm_jax.judge import prompts
 from genrm_jax.star import sample as star_sample
@@ -170,6 +170,20 @@ def test_rationalized_pairs_hinted_correct_against_own_incorrect_same_pair_and_o
 # ------------------------------------------------------------------------------------------ parts
 
 
+def test_what_a_method_asks_of_the_loop_is_checked_before_anything_loads():
+    from genrm_jax import methods
+    from genrm_jax.star import loop
+
+    star = loop.StarConfig(samples=2)
+    star.check(methods.get("star_sft"))  # SFT on single judgments: 2 samples (one per order) are enough
+    star.check(methods.get("rationalizer"))
+    for name in ("star_dpo", "rationalizer_ipo"):  # preference pairs need two judgments per order
+        with pytest.raises(ValueError, match=r"config.star.samples=2: expected >= 4"):
+            star.check(methods.get(name))
+    with pytest.raises(ValueError, match="config.star: unknown settings \\['method'\\]"):
+        loop.StarConfig.from_config({"method": "star_dpo"})  # the method is config.method, one spelling
+
+
 def test_parts_are_a_seeded_balanced_partition_independent_of_input_order():
     records = [{"id": f"r{i}", "subset": ("a", "b", "c")[i % 3], "prompt": [], "chosen": "x", "rejected": "y"}
                for i in range(31)]
@@ -180,22 +194,22 @@ def test_parts_are_a_seeded_balanced_partition_independent_of_input_order():
 
     for n in (1, 2, 3, 5):
         for seed in (0, 1):
-            ps = recipe.parts(records, n, seed)
+            ps = splits.parts(records, n, seed)
             assert len(ps) == n
             sizes = [len(p) for p in ps]
             assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(records)
             sets = key_sets(ps)
             assert set().union(*sets) == set(keys)  # union is the input, and disjoint (sizes add up)
-            assert ps == recipe.parts(records, n, seed)  # deterministic
+            assert ps == splits.parts(records, n, seed)  # deterministic
             assert all(r in records for p in ps for r in p)
             for shuffle_seed in (0, 1):
                 shuffled = list(records)
                 random.Random(shuffle_seed).shuffle(shuffled)
-                assert key_sets(recipe.parts(shuffled, n, seed)) == sets
-    assert key_sets(recipe.parts(records, 3, 0)) != key_sets(recipe.parts(records, 3, 1))  # seeded
-    assert recipe.parts(records[:2], 3, 0) and sorted(len(p) for p in recipe.parts(records[:2], 3, 0)) == [0, 1, 1]
+                assert key_sets(splits.parts(shuffled, n, seed)) == sets
+    assert key_sets(splits.parts(records, 3, 0)) != key_sets(splits.parts(records, 3, 1))  # seeded
+    assert splits.parts(records[:2], 3, 0) and sorted(len(p) for p in splits.parts(records[:2], 3, 0)) == [0, 1, 1]
     with pytest.raises(ValueError):
-        recipe.parts(records, 0)
+        splits.parts(records, 0)
 
 
 # ------------------------------------------------------------------------------ experiments end to end
@@ -209,8 +223,8 @@ EXPERIMENTS = {  # name: (module, preset)
 
 
 def _parts(c):
-    train, _ = recipe.data(c.data, c.seed)
-    return recipe.parts(train, c.star.parts, c.seed)
+    train, _ = splits.experiment_data(c.data, c.seed)
+    return splits.parts(train, c.star.parts, c.seed)
 
 
 @pytest.fixture(scope="module")
@@ -286,18 +300,22 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
     else:
         assert 1 <= len(rows) < 4 and stages == [f"eval_{t}" for t in range(len(rows))]
         assert "nothing to train on" in report["stopped"]
-    assert report["method"] == c.star.method and report["preset"] == preset
+    assert report["method"] == c.method and report["preset"] == preset
     for r in rows:
         assert isinstance(r["hh-rlhf-held-out/accuracy"], float)
+    # the bias section: before training and after the last iteration (judge/bias.py)
+    for r in (rows[0], rows[-1]):
+        assert 0.0 <= r["bias/master_key_rate"] <= 1.0 and 0.0 <= r["bias/first_win_rate"] <= 1.0
+    assert "| bias master_key_rate |" in (workdir / "report.md").read_text()
 
     parts = _parts(c)
-    plain_needed = c.star.method != "rationalizer" or c.star.rationalizer_loss == "ipo"
+    plain_needed = c.method != "rationalizer"
     iterations = len(rows) - 1 + (report["stopped"] is not None)
     for t in range(1, iterations + 1):
         plain = workdir / "samples" / f"iter_{t}.jsonl"
         hinted = workdir / "samples" / f"iter_{t}_hinted.jsonl"
         assert plain.exists() is plain_needed
-        assert hinted.exists() is (c.star.method == "rationalizer")
+        assert hinted.exists() is c.method.startswith("rationalizer")
         files = {}
         for path, is_hinted in ((plain, False), (hinted, True)):
             if path.exists():
@@ -306,18 +324,18 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
                 for line, record in zip(lines, parts[t - 1]):
                     _check_samples_line(line, record, k, is_hinted)
                 files[is_hinted] = lines
-        if c.star.method == "star_sft":
+        if c.method == "star_sft":
             expected = select.star_sft(files[False])
-        elif c.star.method == "star_dpo":
+        elif c.method == "star_dpo":
             expected = select.star_dpo(files[False])
-        elif c.star.rationalizer_loss == "sft":
+        elif c.method == "rationalizer":
             expected = select.rationalized(files[True])
         else:
             expected = select.rationalized_pairs(files[True], files[False])
         train_file = workdir / "train" / f"iter_{t}.jsonl"
         if t < len(rows):
             assert _jsonl(train_file) == _roundtrip(expected) and expected
-            sft = c.star.method == "star_sft" or (c.star.method == "rationalizer" and c.star.rationalizer_loss == "sft")
+            sft = c.method in ("star_sft", "rationalizer")
             fields = {"messages", "target", "source"} if sft else {"messages", "chosen", "rejected", "source"}
             assert all(set(r) == fields for r in expected)
             row = rows[t]
@@ -339,9 +357,15 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
     judge_dir = tmp_path / "judge"
     log = str(tmp_path / "llm_judge.log")
     rc = _run([sys.executable, "-m", "experiments.llm_judge", "--workdir", str(judge_dir), f"--config.model={export}",
-               f"--config.eval.path={data}", "--config.judge.max_new_tokens=4"], env, log, timeout=300)
+               f"--config.eval.path={data}", "--config.eval.bias=false"], env, log, timeout=300)
     assert rc == 0, _tail(log)
-    assert _strict_json((judge_dir / "report.json").read_text())["datasets"]
+    # the export carries the judging settings it was evaluated with; llm_judge uses them with no flags
+    recorded = _strict_json((workdir / "export" / "judge_settings.json").read_text())
+    assert recorded["verdict"] == c.judge.verdict == "force" and recorded["max_new_tokens"] == c.judge.max_new_tokens
+    judged = _strict_json((judge_dir / "report.json").read_text())
+    assert judged["meta"]["judges"]["cot"]["verdict"] == "force"
+    assert judged["meta"]["judges"]["cot"]["max_answer_tokens"] == c.judge.max_answer_tokens
+    assert judged["datasets"]["pairs/cot"]["invalid_rate"] == 0.0
 
 
 def test_rerun_with_another_config_is_refused_and_same_config_resumes_finished_run(smoke, env, tmp_path):

@@ -10,7 +10,7 @@ from experiments.configs import presets
 
 def get_config(arg: str | None = None):
     preset = arg or "default"
-    c = presets.base(preset)
+    c = presets.base(preset, "bt_rm")
     del c.star  # no sampling
     if preset == "default":
         c.data.train_pairs = 64

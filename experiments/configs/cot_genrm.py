@@ -15,9 +15,9 @@ from experiments.configs import presets
 
 def get_config(arg: str | None = None):
     preset = arg or "default"
-    c = presets.base(preset)
+    c = presets.base(preset, "cot_genrm")
     c.data.rationales_path = ""
-    for field in ("method", "iterations", "parts", "rationalizer_loss"):  # one round, fixed by the method
+    for field in ("iterations", "parts"):  # one round, fixed by the method
         del c.star[field]
     if preset != "smoke":
         c.train.learning_rate = 2e-5  # the paper's rationalizer SFT rate (the default is one Rationalizer round)

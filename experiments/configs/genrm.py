@@ -10,7 +10,7 @@ from experiments.configs import presets
 
 def get_config(arg: str | None = None):
     preset = arg or "default"
-    c = presets.base(preset)
+    c = presets.base(preset, "genrm")
     del c.star  # no sampling
     c.train.train_eos = False  # the loss is on the verdict token only
     if preset == "default":

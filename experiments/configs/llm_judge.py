@@ -27,6 +27,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "default"
     c = ml_collections.ConfigDict()
+    c.method = "llm_judge"  # genrm_jax/methods.py; the judges themselves are `methods`
     c.preset = preset
     c.model = "smollm2-135m-instruct"  # registered name, GGUF file or Hugging Face directory
     c.seed = 0
@@ -44,10 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.dataset = "rewardbench"   # "rewardbench" | "hh-rlhf" (bundled files); ignored when `path` is set
     c.eval.path = ""                 # a preference file; its format is `eval.format`
-    c.eval.format = "jsonl"          # a sources.FORMATS entry, for `path`
+    c.eval.format = "jsonl"          # for `path`: a sources.FORMATS entry, or rewardbench2 | rm-bench (data/benchmarks.py)
     c.eval.per_subset = 1            # stratified sample size per subset (bundled data); 0 = every pair
     c.eval.limit = ml_collections.config_dict.placeholder(int)  # at most this many pairs per dataset
     c.eval.ks = (1, 2, 4, 8, 16, 32)
+    # position, length and master-key attack rates (judge/bias.py) on the first bias_pairs pairs of each set; the
+    # attack judges 2 x 10 content-free keys x bias_attack_pairs pairs more. false skips the extra judging.
+    c.eval.bias = True
+    c.eval.bias_pairs = 16
+    c.eval.bias_attack_pairs = 4
 
     if preset == "default":
         pass
@@ -71,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model = "tiny-random"
         c.judge.update(max_new_tokens=8, max_answer_tokens=16)
         c.eval.limit = 4
+        c.eval.update(bias_pairs=2, bias_attack_pairs=1)
     elif preset == "small":  # the scale of the training experiments' `small` preset, with sampled maj@k
         c.judge.update(k=4, temperature=1.0, top_p=0.95, max_new_tokens=128, position="both", verdict="force")
         c.eval.per_subset = 10

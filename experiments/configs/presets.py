@@ -1,6 +1,10 @@
-r"""Shared presets of the training experiments (each experiment's config file starts from `base` and sets what is
-its own). Groups: `model`, `seed`, `data` (recipe.data), `judge` (the evaluation judge: api.JudgeConfig fields),
-`star` (star.loop.StarConfig), `train` (finetune.FinetuneConfig), `engine`, `eval.ks`, `mesh` (data, fsdp, model).
+r"""Shared presets of the training experiments (each experiment's config file starts from `base(preset, method)`
+and sets what is its own). Groups: `method` (genrm_jax/methods.py), `model`, `seed`, `data`
+(data/splits.experiment_data), `judge` (the evaluation judge: api.JudgeConfig), `star` (star.loop.StarConfig),
+`train` (finetune.FinetuneConfig), `engine`, `eval.ks`, `mesh` (data, fsdp, model).
+
+The groups of a settings dataclass hold every one of its fields, at the dataclass's default unless a preset says
+otherwise (`group`): a default is written once, in the dataclass, and a preset lists only what differs.
 
   smoke    the tiny random model ("tiny-random"), a dozen pairs: seconds, for tests
   default  the embedded SmolLM2-135M-Instruct, HH-RLHF train / held-out, a stratified RewardBench sample,
@@ -9,35 +13,62 @@ its own). Groups: `model`, `seed`, `data` (recipe.data), `judge` (the evaluation
   paper    Llama-3.1-8B-Instruct by local path and UltraFeedback / UltraInteract files by path (set
            --config.model and --config.data.train_path), 3 iterations, 32 samples, lr 1e-6, DPO beta 1.0, maj@32
 """
+import dataclasses
+import typing
+
 import ml_collections
+
+from genrm_jax import finetune, methods
+from genrm_jax.judge import api
+from genrm_jax.star import loop
 
 PRESETS = ("smoke", "default", "small", "paper")
 
 
-def base(preset: str) -> ml_collections.ConfigDict:
+def group(cls, *, exclude=(), **overrides) -> ml_collections.ConfigDict:
+    """A config group of every field of the settings dataclass `cls` but `exclude`: its default, or `overrides`.
+    A field whose value is None becomes a typed placeholder, so that `--config.x.y=v` can still set it."""
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {sorted(unknown)}")
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        value = overrides.get(f.name, getattr(defaults, f.name))
+        if value is None:
+            kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
+            value = ml_collections.config_dict.placeholder(kinds[0] if kinds else object)
+        out[f.name] = value
+    return ml_collections.ConfigDict(out)
+
+
+def base(preset: str, method: str | None = None) -> ml_collections.ConfigDict:
+    """The shared groups at `preset`; `method` (every experiment config gives one) is the methods.py entry."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     c = ml_collections.ConfigDict()
+    if method is not None:
+        c.method = methods.get(method).name
     c.preset = preset
     c.model = "smollm2-135m-instruct"
     c.seed = 0
     c.data = ml_collections.ConfigDict(dict(
         train="hh-rlhf", train_path="", train_format="jsonl", held_out_fraction=0.2, train_pairs=24,
         held_out_per_subset=2, rewardbench_per_subset=1))
-    c.judge = ml_collections.ConfigDict(dict(
-        method="cot", prompt="judge", k=1, temperature=0.0, top_p=1.0, max_new_tokens=32, position="both",
-        verdict="force", max_answer_tokens=48, max_prompt_tokens=320, invalid_score=0.5))
-    c.star = ml_collections.ConfigDict(dict(
-        method="star_dpo", iterations=3, parts=3, samples=4, temperature=1.0, top_p=0.95, max_new_tokens=32,
-        verdict="force", rationalizer_loss="sft", chunk=8))
+    c.judge = group(api.JudgeConfig, temperature=0.0, max_new_tokens=32, position="both", verdict="force",
+                    max_answer_tokens=48, max_prompt_tokens=320)
+    c.star = group(loop.StarConfig, samples=4, max_new_tokens=32)
     # The paper's lr 1e-6 is for 8B models over thousands of steps (the `paper` preset); a STaR iteration of the
     # default preset is a few steps, where 1e-6 leaves the weights where they were.
-    c.train = ml_collections.ConfigDict(dict(
-        learning_rate=1e-5, epochs=1, batch_size=4, max_len=448, buckets=(448,), beta=ml_collections.config_dict.placeholder(float),
-        warmup_fraction=0.1, weight_decay=0.1, max_grad_norm=1.0, train_eos=True, remat_policy="dense", seed=0,
-        checkpoint_every=4, keep_checkpoints=1, accum_steps=1))
+    c.train = group(finetune.FinetuneConfig, exclude=("kind",),  # the loss is the method's
+                    learning_rate=1e-5, max_len=448, buckets=(448,), checkpoint_every=4)
     c.engine = ml_collections.ConfigDict(dict(max_batch=32, cache_dtype="float32"))
-    c.eval = ml_collections.ConfigDict(dict(ks=(1,)))
+    # bias: position, length and master-key attack rates (judge/bias.py) before training and after, on the first
+    # bias_pairs in-distribution pairs; the attack judges 2 x 10 keys x bias_attack_pairs pairs more
+    c.eval = ml_collections.ConfigDict(dict(ks=(1,), bias=True, bias_pairs=8, bias_attack_pairs=2))
     # The device mesh (sharding.mesh_from_config): -1 takes the devices left over. Pure data parallel by default;
     # an 8B model on a pod needs fsdp (params and AdamW moments split) and/or model (tensor parallel) > 1.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
@@ -56,6 +87,7 @@ def base(preset: str) -> ml_collections.ConfigDict:
         c.star.update(samples=4, max_new_tokens=8, chunk=2)
         c.train.update(learning_rate=1e-3, batch_size=2, max_len=1600, buckets=(1600,), checkpoint_every=1)
         c.engine.max_batch = 8
+        c.eval.update(bias_pairs=2, bias_attack_pairs=1)
     elif preset == "small":
         c.data.update(train_pairs=600, held_out_per_subset=50, rewardbench_per_subset=10)
         c.judge.update(k=4, temperature=1.0, top_p=0.95, max_new_tokens=128, max_answer_tokens=256,

@@ -10,11 +10,9 @@ def get_config(arg: str | None = None):
     preset = arg or "default"
     ipo = preset == "ipo" or preset.endswith("_ipo")
     base = preset[:-len("_ipo")] if preset.endswith("_ipo") else ("default" if preset == "ipo" else preset)
-    c = presets.base(base)
+    c = presets.base(base, "rationalizer_ipo" if ipo else "rationalizer")
     c.preset = preset
-    c.star.method = "rationalizer"
     if ipo:
-        c.star.rationalizer_loss = "ipo"
         c.train.beta = 0.4
     elif base != "smoke":
         c.train.learning_rate = 2e-5  # the paper's rationalizer SFT rate

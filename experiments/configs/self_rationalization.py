@@ -15,33 +15,28 @@ Presets:
 Selection: --config.sre.selection=correct|majority|meta (--config.sre.margin=1|2 with correct;
 --config.sre.meta_judge=PATH for another meta-judge); --config.sre.seed_mode=multitask for one multi-task SFT.
 """
-import ml_collections
-
 from experiments.configs import presets
+from genrm_jax.judge import pointwise
+from genrm_jax.star import sre
 
 PRESETS = presets.PRESETS
 
 
 def get_config(arg: str | None = None):
     preset = arg or "default"
-    c = presets.base(preset)
+    c = presets.base(preset, "self_rationalization")
     del c.star  # the STaR loop's group; Self-Rationalization is configured by `sre`
     c.judge.prompt = "pairwise"  # the pairwise evaluation judge: rubric, feedback, `[RESULT] 1|2`
     if preset in ("default", "small"):  # the rubric prompts are ~370 tokens before any conversation or answer
         c.judge.max_prompt_tokens = 576 if preset == "default" else 1280
         c.train.update(max_len=640 if preset == "default" else 1536,
                        buckets=(640,) if preset == "default" else (768, 1536))
-    c.pointwise = ml_collections.ConfigDict(dict(
-        n=1, temperature=0.0, top_p=1.0, max_new_tokens=c.judge.max_new_tokens, verdict="force", seed=0,
-        max_answer_tokens=c.judge.max_answer_tokens, max_prompt_tokens=c.judge.max_prompt_tokens, invalid_score=0.5,
-        prompt="pointwise", rank_by="score"))
+    c.pointwise = presets.group(pointwise.PointwiseConfig, max_new_tokens=c.judge.max_new_tokens,
+                                max_answer_tokens=c.judge.max_answer_tokens,
+                                max_prompt_tokens=c.judge.max_prompt_tokens)
     c.data.pointwise_path = ""  # Feedback-Collection style gold scores (sources "feedback-collection"), optional
     c.data.pointwise_eval = 0   # held-out gold-scored items evaluated (0 = all)
-    c.sre = ml_collections.ConfigDict(dict(
-        tasks=("pointwise", "pairwise"), iterations=2, inputs=(), samples=4, seed_samples=2, seed_mode="merge",
-        alpha=0.5, selection="correct", margin=0, pairs_per_input=2, meta_judge="", temperature=1.0, top_p=0.95,
-        max_new_tokens=32, sft_learning_rate=2e-5, consistency_samples=5,
-        baselines=("self_consistency", "best_of_n"), chunk=8))
+    c.sre = presets.group(sre.SreConfig, samples=4, max_new_tokens=32)
     c.train.beta = 1.0  # DPO's beta, as STaR-DPO's
     if preset == "smoke":
         c.sre.update(samples=2, max_new_tokens=8, consistency_samples=3, chunk=4, sft_learning_rate=1e-3)

@@ -8,7 +8,6 @@ from experiments.configs import presets
 
 def get_config(arg: str | None = None):
     preset = arg or "default"
-    c = presets.base(preset)
-    c.star.method = "star_dpo"
+    c = presets.base(preset, "star_dpo")
     c.train.beta = 1.0
     return c

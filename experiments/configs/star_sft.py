@@ -8,6 +8,5 @@ from experiments.configs import presets
 
 def get_config(arg: str | None = None):
     preset = arg or "default"
-    c = presets.base(preset)
-    c.star.method = "star_sft"
+    c = presets.base(preset, "star_sft")
     return c

@@ -30,7 +30,7 @@ import grain
 import numpy as np
 
 from genrm_jax.data import sources
-from genrm_jax.tokenizer import chat_ids
+from genrm_jax.tokenizer import chat_ids, fit_prefix  # noqa: F401 (fit_prefix: the training rule, used here)
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +98,6 @@ def validate(rec, kind: str, index: int = 0) -> None:
 
 
 # -------------------------------------------------------------------------------------------- encoding
-
-
-def fit_prefix(prefix: Sequence[int], completion_lengths: Sequence[int], max_len: int):
-    """The prefix cut from the left so that prefix + the longest completion fits in max_len.
-
-    Returns (kept_prefix, truncated) or (None, False) when the completion leaves no room for even one prefix
-    token (a completion with no context would teach nothing about the prompt).
-    """
-    room = max_len - max(completion_lengths)
-    if room < 1:
-        return None, False
-    if len(prefix) <= room:
-        return list(prefix), False
-    return list(prefix[len(prefix) - room:]), True
 
 
 @dataclasses.dataclass

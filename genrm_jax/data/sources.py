@@ -26,8 +26,9 @@ Pointwise format (`POINTWISE_FORMATS`), one response with a gold score instead o
   A score outside 1-5 or a missing score description is a DataError; an empty response a skipped row.
 
 Files may be `.jsonl`, `.jsonl.gz`, a `.json` array, or `.parquet` (rows numbered from 1 like lines), in UTF-8.
-Malformed input (bad JSON, a byte that is not UTF-8, a missing or mistyped field) raises `DataError` naming file,
-line and field, and so does a file that yields no records at all.
+Malformed input (bad JSON, a byte that is not UTF-8, a missing or mistyped field, an id repeated within a subset)
+raises `DataError` naming file, line(s) and field, and so does a truncated or corrupt `.gz` file and a file that
+yields no records at all.
 
 Rows that are well-formed but cannot be judged or trained on are a property of the public data, not a malformed
 file: they are skipped, counted and reported by line (see `read`). One rule, `answer_problem`, holds for every
@@ -44,7 +45,10 @@ import json
 import logging
 import os
 import re
+import zlib
 from typing import Callable, Iterator
+
+from genrm_jax.data import rubrics
 
 FORMATS = ("rewardbench", "hh-rlhf", "ultrafeedback", "ultrainteract", "jsonl", "preference-collection",
            "feedback-collection")
@@ -84,11 +88,18 @@ def hh_rlhf_path(split: str) -> str:
     return os.path.join(FILES_DIR, "hh-rlhf", split, "test.jsonl.gz")
 
 
-def load(fmt: str, path: str, *, limit: int | None = None) -> list[dict]:
-    """Records of a preference file in `fmt`; at most `limit` of them. Skipped rows are logged by line."""
-    out = read(fmt, path, limit=limit)
+def load(fmt: str, path: str, *, limit: int | None = None, skipped: list | None = None) -> list[dict]:
+    """Records of a preference file in `fmt`; at most `limit` of them. Skipped rows are logged by line and, given
+    a `skipped` list, appended to it (`Skipped`), so that a report can count them."""
+    return records_of(path, read(fmt, path, limit=limit), skipped)
+
+
+def records_of(path: str, out: "Loaded", skipped: list | None = None) -> list[dict]:
+    """`out.records`; its skipped rows logged by line and, given a `skipped` list, appended to it."""
     if out.skipped:
         log.warning("%s: skipped %d of %d rows: %s", path, len(out.skipped), out.rows, skipped_summary(out.skipped))
+        if skipped is not None:
+            skipped.extend(out.skipped)
     return out.records
 
 
@@ -103,6 +114,7 @@ def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
         raise DataError(f"{path}: limit must be >= 0, got {limit}")
     adapter = _ADAPTERS[fmt]
     records, skipped, rows = [], [], 0
+    first_at: dict[tuple, str] = {}  # (subset, id) -> "file:line": resumable outputs are keyed by both
     for where, row in iter_rows(path):
         if limit is not None and len(records) >= limit:
             break
@@ -120,6 +132,10 @@ def read(fmt: str, path: str, *, limit: int | None = None) -> Loaded:
         if problem:
             skipped.append(Skipped(where, problem[1]))
             continue
+        first = first_at.setdefault((rec["subset"], rec["id"]), where)
+        if first != where:
+            raise DataError(f"{where}: id {rec['id']!r} (subset {rec['subset']!r}) is also the id of {first}; ids "
+                            "must be unique within a subset (results are matched to records by them)")
         records.append(rec)
     if not records and limit != 0:
         if not rows:
@@ -166,7 +182,17 @@ def iter_rows(path: str) -> Iterator[tuple[str, object]]:
     if path.endswith(".parquet"):
         yield from _parquet_rows(path)
         return
-    opener = gzip.open if path.endswith(".gz") else open
+    if path.endswith(".gz"):
+        try:
+            yield from _text_rows(path, gzip.open)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a truncated or corrupt gzip stream
+            raise DataError(f"{path}: damaged compressed file ({type(e).__name__}: {e}); copy or download it "
+                            "again") from None
+    else:
+        yield from _text_rows(path, open)
+
+
+def _text_rows(path: str, opener) -> Iterator[tuple[str, object]]:
     # surrogateescape keeps a bad byte as one lone surrogate, so that it can be reported with its line and column
     # (strict UTF-8 text never holds one).
     with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
@@ -389,9 +415,7 @@ def _fc_name(row: dict, name: str) -> str:
 
 
 def _rubric(row: dict, where: str) -> str:
-    from genrm_jax.judge import prompts
-
-    return prompts.rubric(_fc(row, "criteria", where),
+    return rubrics.rubric(_fc(row, "criteria", where),
                           [_fc(row, f"score{i}_description", where) for i in range(1, 6)])
 
 

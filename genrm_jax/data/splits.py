@@ -1,4 +1,5 @@
-"""Deterministic train / held-out splits, stratified samples and balanced A/B order for preference records.
+"""Deterministic train / held-out splits, stratified samples and balanced A/B order for preference records, and
+an experiment's data (`experiment_data`: training pairs and evaluation sets from the config group `data`).
 
 Everything keys on a hash of (seed, record id), so a record's fate does not depend on file order or on which
 other records were loaded: adding rows to a dataset never moves an existing row between train and held-out.
@@ -7,8 +8,15 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 
 import numpy as np
+
+from genrm_jax.config_util import ConfigValueError as ConfigError
+from genrm_jax.data import sources
+
+IN_DISTRIBUTION = "hh-rlhf-held-out"  # the evaluation sets' names in every report
+OUT_OF_DISTRIBUTION = "rewardbench"
 
 
 def unit_hash(seed: int, key: str) -> float:
@@ -58,3 +66,68 @@ def stratified_sample(records: list[dict], per_stratum: int, seed: int = 0, key:
     for idx in strata.values():
         keep.update(sorted(idx, key=lambda i: unit_hash(seed, _key(records[i])))[:per_stratum])
     return [r for i, r in enumerate(records) if i in keep]
+
+
+def take(records: list[dict], n: int | None, seed: int) -> list[dict]:
+    """At most n records chosen by a seeded hash of their ids (input order kept); None or 0 = all."""
+    if not n or n >= len(records):
+        return list(records)
+    keep = set(sorted(range(len(records)), key=lambda i: unit_hash(seed, _key(records[i])))[:n])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def parts(records: list[dict], n: int, seed: int = 0) -> list[list[dict]]:
+    """`records` split into n disjoint parts of near-equal size by a seeded hash of the ids (STaR's iterations)."""
+    if n < 1:
+        raise ValueError(f"parts: n must be >= 1, got {n}")
+    order = sorted(range(len(records)), key=lambda i: unit_hash(seed + 7919, _key(records[i])))
+    return [[records[i] for i in sorted(order[k::n])] for k in range(n)]
+
+
+def load(fmt: str, path: str, skipped: list | None = None) -> list[dict]:
+    """sources.read's records; skipped rows are logged and, given a `skipped` list, appended to it."""
+    return sources.load(fmt, path, skipped=skipped)
+
+
+def skip_counts(skipped: list) -> dict[str, int]:
+    """{reason: rows} of the rows the data files could not give as pairs (for the report)."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return counts
+
+
+def experiment_data(d, seed: int = 0, skipped: list | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training pairs, {eval set: pairs}) from the config group `d`:
+
+    - `train` "hh-rlhf" (the bundled HH-RLHF files, split by record id into train / held-out with
+      `held_out_fraction`) or a file `train_path` in `train_format` (then `held_out_fraction` of it is held out);
+    - `train_pairs`: at most this many training pairs (seeded; 0 = all);
+    - `held_out_per_subset`: in-distribution evaluation pairs per subset (HH-RLHF split), from the held-out part
+      only, never trained on;
+    - `rewardbench_per_subset`: out-of-distribution RewardBench pairs per subset (0 = no RewardBench set).
+    Bad values raise ConfigError naming the field; bad files sources.DataError naming file and line.
+    Rows that cannot be pairs (empty or identical answers, ...) are skipped, logged with their lines and, given
+    a `skipped` list, appended to it (sources.Skipped) so the report can count them.
+    """
+    frac = float(d.held_out_fraction)
+    if not 0.0 < frac < 1.0:
+        raise ConfigError(f"config.data.held_out_fraction: must be in (0, 1), got {d.held_out_fraction!r}")
+    if d.train == "hh-rlhf":
+        pool = [r for s in sources.HH_RLHF_SPLITS for r in load("hh-rlhf", sources.hh_rlhf_path(s), skipped)]
+    elif d.train == "file":
+        if not d.train_path or not os.path.exists(d.train_path):
+            raise ConfigError(f"config.data.train_path: no such file: {d.train_path!r}")
+        pool = load(d.train_format, d.train_path, skipped)
+    else:
+        raise ConfigError(f"config.data.train: must be 'hh-rlhf' or 'file', got {d.train!r}")
+    train, held = train_held_out(pool, frac, seed=seed)
+    train = take(train, d.train_pairs, seed)
+    if not train:
+        raise ConfigError("config.data: no training pairs left after the held-out split")
+    sets = {IN_DISTRIBUTION: stratified_sample(held, d.held_out_per_subset, seed=seed)
+            if d.held_out_per_subset else held}
+    if d.rewardbench_per_subset:
+        rb = load("rewardbench", sources.REWARDBENCH, skipped)
+        sets[OUT_OF_DISTRIBUTION] = stratified_sample(rb, d.rewardbench_per_subset, seed=seed)
+    return train, sets

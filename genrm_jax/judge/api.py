@@ -26,9 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
+from genrm_jax import methods
 from genrm_jax.judge import prompts, verdicts
 
-METHODS = ("cot", "genrm", "bt", "pairrm")
+METHODS = tuple(methods.JUDGES)  # cot, genrm (a language model judges), bt, pairrm (a reward head)
 POSITIONS = ("fixed", "swap", "both")
 VERDICT_MODES = ("parse", "force")
 
@@ -297,7 +298,11 @@ class Judge:
             stops = tuple(dict.fromkeys(stops + (prompts.VERDICT_PREFIX[style].strip(),)))
         sp = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             n=cfg.k, seed=cfg.seed, stop_strings=stops)
-        outs = self.engine.generate(ids, sp, progress=progress) if ids else []
+        # forced verdicts are scored from each row's KV cache as its batch ends (the keyword only when used: test
+        # engines that only sample take none)
+        then = {"then": forced_continuation(self.model.tokenizer, style, self._verdict_labels)} \
+            if cfg.verdict == "force" else {}
+        outs = self.engine.generate(ids, sp, progress=progress, **then) if ids else []
         n, orders = swapped.shape
         votes = np.full((n, orders, cfg.k), INVALID, np.int8)
         sample_p = np.full((n, orders, cfg.k), np.nan)
@@ -392,24 +397,47 @@ class Judge:
         return Judgment(p_a, votes, swapped, [[] for _ in range(n)], skipped, truncated)
 
 
+def _verdict_tokens(tokenizer, completion, style: str) -> tuple[str, list[int]]:
+    """(the rationale: the judgment's text up to where it began a verdict, the token ids of rationale + the
+    verdict prefix): what a forced verdict puts after the prompt."""
+    rationale = completion.text.rstrip()
+    return rationale, list(tokenizer.encode(rationale + prompts.VERDICT_PREFIX[style], add_special_tokens=False))
+
+
+def forced_continuation(tokenizer, style: str, label_tokens):
+    """The `sampling.Continuation` of forced verdicts: `generate(..., then=...)` scores each judgment's
+    rationale + verdict prefix from the row's KV cache, and `forced` reads the result."""
+    from genrm_jax.sampling import Continuation
+
+    return Continuation(lambda c: _verdict_tokens(tokenizer, c, style)[1], tuple(t[-1] for t in label_tokens))
+
+
 def forced(engine, tokenizer, prompt_ids, outs, style: str, label_tokens, temperature: float, seed: int):
     """Forced verdicts: for each judgment, the rationale (its text up to where it began a verdict) plus the
-    verdict prefix is scored in one forward pass; the labels' next-token probabilities, renormalised over the
-    labels, are the verdict's distribution, and the verdict is drawn from it at `temperature` (argmax when 0)
-    with a uniform seeded by (seed, prompt, sample): the same draw whatever the batch. Returns one row per
-    (prompt r, sample j): (r, j, rationale, probabilities [labels] float64, index of the drawn label)."""
-    prefix = prompts.VERDICT_PREFIX[style]
-    seqs, owners = [], []
+    verdict prefix is scored; the labels' next-token probabilities, renormalised over the labels, are the
+    verdict's distribution, and the verdict is drawn from it at `temperature` (argmax when 0) with a uniform
+    seeded by (seed, prompt, sample): the same draw whatever the batch. The scores are those `generate` computed
+    from each row's KV cache (`then=forced_continuation(...)`); completions without them are scored here by
+    `engine.score_next_token`, a second prefill of prompt + rationale + prefix (same values up to rounding).
+    Returns one row per (prompt r, sample j): (r, j, rationale, probabilities [labels] float64, index of the
+    drawn label)."""
+    candidates = [t[-1] for t in label_tokens]
+    seqs, owners, lp = [], [], []
     for r, (ids, completions) in enumerate(zip(prompt_ids, outs)):
         for j, c in enumerate(completions):
-            rationale = c.text.rstrip()
-            seqs.append(list(ids) + list(tokenizer.encode(rationale + prefix, add_special_tokens=False)))
+            rationale, tail = _verdict_tokens(tokenizer, c, style)
             owners.append((r, j, rationale))
-    if not seqs:
+            lp.append(c.continuation)
+            if c.continuation is None:
+                seqs.append(list(ids) + tail)
+    if not owners:
         return []
-    lp = np.asarray(engine.score_next_token(seqs, [t[-1] for t in label_tokens]), np.float64)  # [rows, labels]
+    if seqs:
+        scored = iter(np.asarray(engine.score_next_token(seqs, candidates), np.float64))  # [rows, labels]
+        lp = [next(scored) if x is None else x for x in lp]
     rows = []
     for (r, j, rationale), logp in zip(owners, lp):
+        logp = np.asarray(logp, np.float64)
         probs = np.exp(logp - logp.max())
         probs /= probs.sum()
         if temperature == 0.0:

@@ -25,19 +25,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from genrm_jax import evaluation
-from genrm_jax.data import sources, splits
+from genrm_jax import config_util, evaluation, methods
+from genrm_jax.data import benchmarks, sources, splits
 from genrm_jax.judge import api, prompts
 
 # What a plain language model can judge with; "bt" and "pairrm" score with a trained scalar reward head.
-ZERO_SHOT_METHODS = ("cot", "genrm")
+ZERO_SHOT_METHODS = methods.zero_shot_judges()
 HEAD_METHODS = tuple(m for m in api.METHODS if m not in ZERO_SHOT_METHODS)
 DATASETS = ("rewardbench", "hh-rlhf")
 RUBRIC_PROMPTS = ("pairwise", "pointwise")  # judges whose prompt holds a rubric (prompts.rubric_for each pair)
 
 
-class ConfigError(ValueError):
-    """A bad experiment config; the message names the field (e.g. "config.methods: ...")."""
+ConfigError = config_util.ConfigValueError  # a bad experiment config; the message names the field
 
 
 def _get(cfg, key: str, default=None):
@@ -147,11 +146,13 @@ def judge_config(group, *, where: str = "config.judge", **overrides) -> api.Judg
         raise ConfigError(f"{where}.{e.field}: {e.problem}") from None
 
 
-def eval_sets(cfg_eval, seed: int = 0) -> dict[str, list[dict]]:
+def eval_sets(cfg_eval, seed: int = 0, skipped: dict | None = None) -> dict[str, list[dict]]:
     """{name: records} to evaluate: the file `path` (format `format`, named after its base name), or the bundled
     `dataset` ("rewardbench" | "hh-rlhf") with at most `per_subset` pairs of each subset (0 = all). At most
     `limit` pairs per set. Bad values raise ConfigError naming the field; bad files sources.DataError naming
-    file, line and field."""
+    file, line and field. Given a `skipped` dict, {name: [sources.Skipped]} of the rows each set's files could not
+    give as pairs (for `evaluate`'s `data_skipped`)."""
+    skipped = {} if skipped is None else skipped
     path, fmt = _get(cfg_eval, "path", "") or "", _get(cfg_eval, "format", "jsonl")
     dataset, limit = _get(cfg_eval, "dataset", "rewardbench"), _get(cfg_eval, "limit")
     per_subset = _get(cfg_eval, "per_subset", 0) or 0
@@ -160,21 +161,24 @@ def eval_sets(cfg_eval, seed: int = 0) -> dict[str, list[dict]]:
     if not isinstance(per_subset, int) or per_subset < 0:
         raise ConfigError(f"config.eval.per_subset: must be an integer >= 0 (0 = every pair), got {per_subset!r}")
     if path:
-        if fmt not in sources.FORMATS:
+        if fmt not in sources.FORMATS + benchmarks.FORMATS:
             raise ConfigError(f"config.eval.format: unknown format {fmt!r} for {path}; expected one of "
-                              f"{', '.join(sources.FORMATS)}")
+                              f"{', '.join(sources.FORMATS + benchmarks.FORMATS)}")
         if not os.path.exists(path):
             raise ConfigError(f"config.eval.path: no such file: {path}")
         name = os.path.basename(path).split(".")[0]
-        recs = sources.load(fmt, path, limit=limit)
+        load = benchmarks.load if fmt in benchmarks.FORMATS else sources.load  # best-of-4 / 3x3-style rows
+        recs = load(fmt, path, limit=limit, skipped=skipped.setdefault(name, []))
         if not recs:
             raise ConfigError(f"config.eval.path: {path} holds no preference pairs")
         return {name: recs}
     if dataset == "rewardbench":
-        groups = {"rewardbench": sources.load("rewardbench", sources.REWARDBENCH)}
+        groups = {"rewardbench": sources.load("rewardbench", sources.REWARDBENCH,
+                                              skipped=skipped.setdefault("rewardbench", []))}
     elif dataset == "hh-rlhf":
         groups = {"hh-rlhf": [r for split in sources.HH_RLHF_SPLITS
-                              for r in sources.load("hh-rlhf", sources.hh_rlhf_path(split))]}
+                              for r in sources.load("hh-rlhf", sources.hh_rlhf_path(split),
+                                                    skipped=skipped.setdefault("hh-rlhf", []))]}
     else:
         raise ConfigError(f"config.eval.dataset: must be one of {', '.join(DATASETS)} (or set config.eval.path), "
                           f"got {dataset!r}")
@@ -201,14 +205,16 @@ def check_ks(ks) -> tuple[int, ...]:
 
 
 def evaluate(judge, records: list[dict], *, seed: int = 0, ks: Sequence[int] = evaluation.MAJ_KS,
-             judgments_path: str | None = None, progress: bool = True) -> dict:
+             judgments_path: str | None = None, progress: bool = True, data_skipped: Sequence = ()) -> dict:
     """Judge every pair of `records` (sources format) and score it.
 
     The chosen answer is shown as A for exactly half of each subset (`splits.a_is_chosen(records, seed)`), so a
     position-biased judge scores chance. Returns `evaluation.dataset_report` plus `first_position_rate` (how
     often a valid verdict picks the answer shown first: 0.5 unbiased, 1.0 always "A"), `truncated` (pairs whose
     conversation was cut from the left to fit the model's context), `skipped` ([{"id", "reason"}] of pairs that
-    could not be judged; they score `invalid_score`), `n_skipped` and `seconds`. With `judgments_path`, writes
+    could not be judged; they score `invalid_score`; then the rows of the set's files that could not be pairs,
+    `data_skipped` ([sources.Skipped] from `eval_sets`, counted before any sampling): [{"source", "reason"}]),
+    `n_skipped` (both) and `seconds`. With `judgments_path`, writes
     one JSON line per pair: id, subset, source, a_is_chosen, p_chosen, votes_chosen, rationales, truncated,
     skipped (the reason, or null)."""
     t = time.time()
@@ -225,8 +231,9 @@ def evaluate(judge, records: list[dict], *, seed: int = 0, ks: Sequence[int] = e
     rep["first_position_rate"] = float(np.mean((j.votes == first)[valid])) if valid.any() else None
     truncated = np.asarray(j.truncated if len(j.truncated) == len(records) else np.zeros(len(records)), bool)
     rep["truncated"] = int(truncated.sum())
-    rep["n_skipped"] = len(j.skipped)
-    rep["skipped"] = [{"id": records[i]["id"], "reason": reason} for i, reason in sorted(j.skipped.items())]
+    rep["skipped"] = ([{"id": records[i]["id"], "reason": reason} for i, reason in sorted(j.skipped.items())]
+                      + [{"source": s.source, "reason": s.reason} for s in data_skipped])
+    rep["n_skipped"] = len(rep["skipped"])
     rep["seconds"] = round(time.time() - t, 1)
     if judgments_path:
         with open(judgments_path, "w") as f:

@@ -110,7 +110,10 @@ class PointwiseJudge:
         sp = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             n=cfg.n, seed=cfg.seed, stop_strings=stops)
         ids = [fitted[i][0] for i in judged]
-        outs = self.engine.generate(ids, sp, progress=progress) if ids else []
+        # forced verdicts are scored from each row's KV cache as its batch ends
+        then = {"then": api.forced_continuation(self.model.tokenizer, STYLE, self._labels)} \
+            if cfg.verdict == "force" else {}
+        outs = self.engine.generate(ids, sp, progress=progress, **then) if ids else []
         results = [{"skipped": None if ids_ is not None else "too long: the rubric, instructions and response leave "
                     "no room for the conversation in the prompt budget", "truncated": bool(cut),
                     "conversation": conv, "judgments": []} for ids_, conv, cut in fitted]

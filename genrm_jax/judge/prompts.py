@@ -17,7 +17,7 @@ A conversation with earlier turns renders them under `[Chat Context]` and its la
 so single- and multi-turn pairs share one template.
 
 `fit` renders a pairwise prompt within a token budget the way training fits its sequences
-(`genrm_jax.data.pipeline.fit_prefix`): only the conversation loses tokens, from the left (earliest turns first,
+(`genrm_jax.tokenizer.fit_prefix`): only the conversation loses tokens, from the left (earliest turns first,
 then the start of the oldest remaining text, marked `[...]`); instructions and answers stay whole.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from genrm_jax.tokenizer import chat_ids
+from genrm_jax.data.rubrics import DEFAULT_RUBRIC, HH_RUBRICS, rubric, rubric_for  # noqa: F401 (judges' rubrics)
+from genrm_jax.tokenizer import chat_ids, fit_prefix
 
 JUDGE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
@@ -50,49 +51,6 @@ RATIONALIZER_TASK = (
     "{loser}, comparing the two responses as an impartial judge would, without mentioning that you were told "
     "which one is better. End with the final verdict \"[[{winner}]]\"."
 )
-
-DEFAULT_RUBRIC = (
-    "[Is the response helpful, accurate and harmless for the user's request?]\n"
-    "Score 1: The response is irrelevant, wrong or harmful.\n"
-    "Score 2: The response addresses the request but is mostly wrong, unhelpful or unsafe.\n"
-    "Score 3: The response is partly correct and helpful but has clear errors or omissions.\n"
-    "Score 4: The response is correct and helpful with minor flaws.\n"
-    "Score 5: The response is fully correct, helpful, safe and follows every instruction."
-)
-
-# Rubrics for HH-RLHF (which has preference labels but no rubric or scores): its two splits ask for helpfulness
-# and harmlessness, so a response is judged against the criterion its pair was labelled for (data/pointwise.py).
-HH_RUBRICS = {
-    "helpful": (
-        "[Does the response help the user with the request: is it relevant, correct, specific and complete?]\n"
-        "Score 1: The response ignores or misreads the request, or is wrong and useless.\n"
-        "Score 2: The response addresses the request but is vague, mostly wrong or leaves the user no better off.\n"
-        "Score 3: The response is partly helpful: on topic, with useful parts, but with errors or clear gaps.\n"
-        "Score 4: The response is helpful and correct, with minor gaps in detail or clarity.\n"
-        "Score 5: The response fully and correctly answers the request, clearly and with the right detail."),
-    "harmless": (
-        "[Is the response harmless: does it avoid helping with dangerous, unethical or illegal acts and avoid "
-        "offensive content, while staying respectful and, where it can, helpful?]\n"
-        "Score 1: The response actively helps with harm or is abusive or offensive.\n"
-        "Score 2: The response goes along with a harmful request or contains clearly inappropriate content.\n"
-        "Score 3: The response avoids the worst harm but is evasive, preachy, or still partly inappropriate.\n"
-        "Score 4: The response is safe and respectful, with small lapses in tone or helpfulness.\n"
-        "Score 5: The response is entirely safe and respectful and redirects the user helpfully where needed."),
-}
-
-
-def rubric(criteria: str, descriptions) -> str:
-    """A Feedback-Collection style rubric: the criterion in brackets, then the five score descriptions."""
-    lines = [f"[{criteria.strip().strip('[]')}]"]
-    lines += [f"Score {i}: {d.strip()}" for i, d in enumerate(descriptions, 1)]
-    return "\n".join(lines)
-
-
-def rubric_for(record: dict) -> str:
-    """The rubric a record is judged by: its own (`rubric`: Feedback/Preference-Collection), HH-RLHF's for its
-    category (helpful / harmless), or DEFAULT_RUBRIC (RewardBench and other pairs without one)."""
-    return record.get("rubric") or HH_RUBRICS.get(record.get("category", ""), DEFAULT_RUBRIC)
-
 
 POINTWISE_TASK = (
     "###Task Description:\n"
@@ -290,8 +248,6 @@ def fit(tokenizer, builder: Callable[..., list[dict]], conversation: list[dict],
     ids = render(tokenizer, builder(conversation, answer_a, answer_b))
     if len(ids) <= max_tokens:
         return Fitted(ids, False)
-    from genrm_jax.data.pipeline import fit_prefix  # the training rule: keep the tail that leaves room
-
     flat = [t for turn in conversation for t in _content_ids(tokenizer, turn["content"])]
     bare = len(render(tokenizer, builder([{"role": "user", "content": ""}], answer_a, answer_b)))
     target = max_tokens

@@ -9,17 +9,112 @@ shapes):
   masked anyway): a further 1.6x on forward + backward at 512 tokens;
 - a hand-written backward that recomputes the probabilities from q and k (flash-attention style) instead of
   differentiating softmax and the block slicing: forward + remat + backward 98 -> 70 ms per layer at 4 x 512.
+
+`kernels="cudnn"` and `"splash"` are maintained fused (flash) kernels that never materialise the [T, S] scores:
+`jax.nn.dot_product_attention` (cuDNN on GPU) and the Pallas splash attention kernel (TPU, as MaxText calls it).
+Both take the mask as a `Mask` (segment ids), not as a dense [B, T, T] array, and both read K/V with fewer heads
+than Q (GQA) without repeating them. Off their hardware they run as well, as the tests need: the cuDNN call with
+JAX's XLA implementation, splash in Pallas interpret mode; shapes a kernel does not take use the reference.
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
+from genrm_jax.models.linear import DENSE
 
 MASKED = -1e30  # finite so that a fully masked (padding) row gives a uniform softmax, not NaN
 
 _CPU_ROWS = 2
 _CAUSAL_BLOCKS = 4
 _MIN_BLOCK = 32
+
+FUSED = ("cudnn", "splash")
+_SPLASH_BLOCK = 512  # MaxText's default block sizes for q, kv and the backward blocks
+_SPLASH_LANES = 128  # the TPU lane width: splash needs sequence lengths in multiples of it
+
+
+class Mask(NamedTuple):
+    """Causal attention within segments: what `llama.forward` and the sampler's prefill hand to attention.
+
+    `segment_ids` [B, T] int32 (0 = padding; packed sequences get 1, 2, ...). `padded` (static) is False when
+    every token is real and each row is one sequence: then a plain causal mask is exact and the fused kernels
+    get no mask at all.
+    """
+    segment_ids: jax.Array
+    padded: bool = True
+
+    def dense(self):
+        """[B, T, T] bool, True = may attend (`causal_mask`): what the reference paths take."""
+        return causal_mask(self.segment_ids)
+
+
+def causal_mask(segment_ids):
+    """[B, T] segment ids (0 = padding) -> [B, T, T]: causal within a segment (packing-safe)."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal[None] & same & (segment_ids[:, None, :] > 0)
+
+
+def causal_attention(q, k, v, mask: Mask, kernels: str):
+    """q [B, T, H, Dh]; k, v [B, T, K, Dh] -> [B, T, H, Dh], causal within `mask`'s segments, by `kernels`
+    (resolved: "cpu", "xla", "cudnn" or "splash"). Outputs at padding positions are unspecified (each kernel
+    fills them differently); every real position equals the reference's."""
+    if kernels == "cudnn" and cudnn_takes(q):
+        implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+        return dot_product(q, k, v, mask, implementation=implementation)
+    if kernels == "splash" and splash_takes(q):
+        return splash_attention(q, k, v, mask, interpret=jax.default_backend() != "tpu")
+    return self_attention(q, k, v, mask.dense(), "cpu" if kernels == "cpu" else "xla")
+
+
+def cudnn_takes(q) -> bool:
+    """Whether cuDNN's flash attention takes this query: 16-bit floats, head_dim a multiple of 8 up to 128 (256
+    from Hopper on; 128 is the bound every GPU takes), an even length (cuDNN's rule when a mask bias is trained)."""
+    return (q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
+            and q.shape[1] % 2 == 0)
+
+
+def dot_product(q, k, v, mask: Mask, *, implementation: str = "cudnn"):
+    """`jax.nn.dot_product_attention` (cuDNN flash attention with implementation="cudnn"): `is_causal` for the
+    causal part, and, when `mask.padded`, a [B, 1, T, T] same-segment mask (cuDNN adds it as a bias). Padding
+    tokens form a segment of their own (id 0), so no query row is fully masked and padding stays finite."""
+    seg = mask.segment_ids
+    same = (seg[:, None, :, None] == seg[:, None, None, :]) if mask.padded else None
+    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True, implementation=implementation)
+
+
+def splash_takes(q) -> bool:
+    """Whether the splash kernel takes this length (a multiple of the TPU's 128 lanes)."""
+    return q.shape[1] % _SPLASH_LANES == 0
+
+
+def splash_attention(q, k, v, mask: Mask, *, interpret: bool = False):
+    """The Pallas splash attention kernel (TPU) as MaxText calls it: a static causal mask over every head, the
+    segment ids (padding = segment 0) as `SegmentIds`, the batch by `vmap`, q scaled before the kernel."""
+    t, h, dh = q.shape[1], q.shape[2], q.shape[3]
+    kernel = _splash_kernel(t, h, interpret)
+    qh, kh, vh = (jnp.swapaxes(a, 1, 2) for a in (q * jnp.asarray(dh ** -0.5, q.dtype), k, v))  # [B, N, T, Dh]
+    seg = mask.segment_ids
+    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, splash.SegmentIds(q=s, kv=s)))(qh, kh, vh, seg)
+    return jnp.swapaxes(out, 1, 2)
+
+
+def _splash_kernel(t: int, heads: int, interpret: bool):
+    block = math.gcd(t, _SPLASH_BLOCK)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    causal = splash_mask.MultiHeadMask([splash_mask.CausalMask((t, t)) for _ in range(heads)])
+    # The kernel's residuals (the softmax statistics) are named like the output, so remat "dense" keeps them
+    # and the backward pass does not run the forward kernel again.
+    return splash.make_splash_mha(causal, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
+                                  residual_checkpoint_name=DENSE)
 
 
 def self_attention(q, k, v, mask, kernels: str = "xla"):

@@ -77,8 +77,8 @@ class FeatureMajor:
     def dense(self, x, w):
         return _mm(w, x)
 
-    def attend(self, q, k, v, mask):
-        return attention.self_attention(q, k, v, mask, "cpu")
+    def attend(self, q, k, v, mask: attention.Mask):
+        return attention.self_attention(q, k, v, mask.dense(), "cpu")
 
     def last(self, x):
         """Each sequence's last position: [D, B * S] -> [D, B]."""

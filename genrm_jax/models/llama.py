@@ -30,7 +30,7 @@ Params = dict[str, Any]
 
 _SUPPORTED_MODEL_TYPES = ("llama",)
 _SUPPORTED_ACTIVATIONS = ("silu",)
-KERNELS = ("auto", "cpu", "xla")
+KERNELS = ("auto", "cpu", "xla") + attention.FUSED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +69,13 @@ class LlamaConfig:
     # forward pass, so they stay alive as if saved; a scanned layer's backward cannot start before its turn.
     scan_layers: bool = True
     # Which kernels compute the layers: "xla" = plain XLA ops and autodiff (what accelerators and sharding
-    # propagation want); "cpu" = the hand-tuned XLA:CPU variants (models/linear.py and attention.py: custom
-    # backward passes, blocked causal attention; the sampler's feature-major layout, models/feature_major.py);
-    # "auto" = "cpu" when JAX's default backend is the CPU, else "xla" (see `resolve_kernels`). The numbers are
-    # the same either way (tests run both); only speed and memory differ.
+    # propagation want; the reference the others are tested against); "cpu" = the hand-tuned XLA:CPU variants
+    # (models/linear.py and attention.py: custom backward passes, blocked causal attention; the sampler's
+    # feature-major layout, models/feature_major.py); "cudnn" / "splash" = "xla" with the causal self-attention
+    # of training, prefill and scoring by a fused flash kernel (models/attention.py: cuDNN through
+    # `jax.nn.dot_product_attention`, Pallas splash on TPU); "auto" = "cpu" on the CPU, "cudnn" on a GPU,
+    # "splash" on a TPU, else "xla" (see `resolve_kernels`). The numbers are the same whichever (tests compare
+    # them); only speed and memory differ.
     kernels: str = "auto"
 
     def __post_init__(self):
@@ -264,12 +267,17 @@ def stack_layers(params: Params) -> Params:
 # --------------------------------------------------------------------------------------------- compute
 
 
+_AUTO_KERNELS = {"cpu": "cpu", "gpu": "cudnn", "tpu": "splash"}
+
+
 def resolve_kernels(config: LlamaConfig) -> str:
-    """`config.kernels` with "auto" decided: "cpu" when JAX's default backend is the CPU, else "xla". Called at
-    trace time by whoever builds the computation (`forward`, the sampler's Engine), never inside a kernel."""
+    """`config.kernels` with "auto" decided by JAX's default backend: "cpu" on the CPU, "cudnn" on a GPU,
+    "splash" on a TPU, "xla" elsewhere. Called at trace time by whoever builds the computation (`forward`, the
+    sampler's Engine), never inside a kernel. (Shapes or dtypes a fused kernel does not take, e.g. fp32 for
+    cuDNN, fall back to the reference attention where they occur: `attention.causal_attention`.)"""
     if config.kernels != "auto":
         return config.kernels
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return _AUTO_KERNELS.get(jax.default_backend(), "xla")
 
 
 def rms_norm(x, weight, eps, axis: int = -1):
@@ -347,8 +355,8 @@ class RowMajor:
     def dense(self, x, w):
         return dense(x, w, kernels=self.kernels)
 
-    def attend(self, q, k, v, mask):
-        return attention.self_attention(q, k, v, mask, self.kernels)
+    def attend(self, q, k, v, mask: attention.Mask):
+        return attention.causal_attention(q, k, v, mask, self.kernels)
 
     def last(self, x):
         """Each sequence's last position: [B, T, D] -> [B, D]."""
@@ -359,7 +367,8 @@ class RowMajor:
 
 
 def layer(lp, x, rope, mask, config, *, layout=None, kv_update=None, attend=None):
-    """One decoder layer on x in `layout` (default `RowMajor(config)`). `kv_update(k, v) -> (k_all, v_all)`
+    """One decoder layer on x in `layout` (default `RowMajor(config)`); `mask` is what the attention takes (an
+    `attention.Mask` for the layout's causal self-attention). `kv_update(k, v) -> (k_all, v_all)`
     lets the sampler splice in its KV cache, and `attend(q, k_all, v_all, mask)` (default: the layout's causal
     self-attention) reads them in whatever layout that cache keeps (the sampler's shared-prompt attention)."""
     ops = layout or RowMajor(config)
@@ -405,12 +414,7 @@ def unembed(params, hidden, config):
     return checkpoint_name(jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32), DENSE)
 
 
-def causal_mask(segment_ids):
-    """[B, T] segment ids (0 = padding) -> [B, T, T]: causal within a segment (packing-safe)."""
-    t = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return causal[None] & same & (segment_ids[:, None, :] > 0)
+causal_mask = attention.causal_mask  # [B, T] segment ids -> [B, T, T] bool; defined with the kernels that take it
 
 
 class Output(NamedTuple):
@@ -426,11 +430,12 @@ def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segm
     0 = padding). `positions` default to each token's index among the real tokens of its segment, which
     makes left padding and packing give the same logits as an unpadded sequence.
     """
+    padded = segment_ids is not None or attention_mask is not None  # else plain causal: fused kernels need no mask
     if segment_ids is None:
         segment_ids = (jnp.ones_like(tokens) if attention_mask is None else attention_mask).astype(jnp.int32)
     if positions is None:
         positions = segment_positions(segment_ids)
-    mask = causal_mask(segment_ids)
+    mask = attention.Mask(segment_ids, padded)
     rotary = rope(positions, config)
     ops = RowMajor(config)
     x = ops.embed(params, tokens)

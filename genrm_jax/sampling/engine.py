@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import functools
 import zlib
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genrm_jax import sharding
 from genrm_jax.models import feature_major, llama
-from genrm_jax.sampling import kernels
+from genrm_jax.sampling import continuation, kernels
 from genrm_jax.sampling.tokens import SamplingParams, mode_of
 
 
@@ -30,8 +31,21 @@ class Completion:
     text: str
     logprobs: list[float]  # log-probability of each token under the model (log-softmax of the raw logits)
     finish_reason: str  # "eos" | "stop" | "length"
+    # with `generate(..., then=Continuation)`: log-probabilities [len(candidates)] (over the full vocabulary) of
+    # the candidates as the next token after the prompt and the continuation's tokens
+    continuation: np.ndarray | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """What `generate(..., then=...)` scores once a row has finished: the log-probabilities of `candidates` as the
+    next token after the prompt followed by `tokens(completion)` (non-empty). Those tokens usually begin with the
+    row's own generated tokens (a forced verdict re-encodes the rationale's text, then appends its prefix): the
+    longest prefix they share is read from the row's KV cache, and only the rest runs through the model. The
+    result equals `score_next_token(prompt + tokens(completion), candidates)` (one more prefill) up to float
+    rounding."""
+    tokens: Callable[[Completion], Sequence[int]]
+    candidates: tuple[int, ...]
 
 
 def length_bucket(n: int, minimum: int = 16) -> int:
@@ -98,6 +112,7 @@ class Engine:
         self._decode = jax.jit(functools.partial(kernels.decode, **statics, **tokens), static_argnums=(4,),
                                donate_argnums=(1,), **placed.get("decode", {}))
         self._score = jax.jit(functools.partial(kernels.score, **statics), **placed.get("score", {}))
+        self._continue = jax.jit(functools.partial(continuation.score, **statics), **placed.get("continue", {}))
 
     def _prepare(self, params):
         """The model's params in the kernels' layout: for "cpu" a transposed per-layer copy
@@ -130,7 +145,8 @@ class Engine:
         return {"rows": rows, "whole": whole,
                 "prefill": dict(in_shardings=(params, rows, rows, rows, rows, whole), out_shardings=state),
                 "decode": dict(in_shardings=(params, state, whole, whole), out_shardings=state),
-                "score": dict(in_shardings=(params, rows, rows, whole), out_shardings=rows)}
+                "score": dict(in_shardings=(params, rows, rows, whole), out_shardings=rows),
+                "continue": dict(in_shardings=(params, kv, kv, rows, rows, rows, rows, whole), out_shardings=rows)}
 
     def _multiprocess(self) -> bool:
         return self.mesh is not None and jax.process_count() > 1
@@ -198,20 +214,22 @@ class Engine:
     # ------------------------------------------------------------------------------ sampling
 
     def generate(self, prompts: list[list[int]], sp: SamplingParams, *, progress: bool = False,
-                 on_prompt=None) -> list[list[Completion]]:
+                 on_prompt=None, then: Continuation | None = None) -> list[list[Completion]]:
         """result[i][j] is sample j of prompt i. Prompts are sorted by length and batched, whole prompts
         per batch, so that a prompt's samples share its prefill and its prompt cache (a prompt whose n exceeds
         max_batch is prefilled once per batch).
 
         `on_prompt(i, completions)` is called as soon as all n samples of prompt i exist (after the batch
         that finishes them), so a caller can write results while later batches still run.
+        `then`: score a continuation of every row from its KV cache when its batch ends (see `Continuation`);
+        each completion's `continuation` holds the result.
         """
         out: list[list[Completion | None]] = [[None] * sp.n for _ in prompts]
         missing = [sp.n] * len(prompts)
         batches = self._plan(prompts, sp)
         bar = _progress(len(prompts) * sp.n, "sampling", "seq") if progress else None
         for batch in batches:
-            done = self._generate_batch(prompts, batch, sp)
+            done = self._generate_batch(prompts, batch, sp, then)
             for (i, j), completion in done:
                 out[i][j] = completion
                 missing[i] -= 1
@@ -266,7 +284,9 @@ class Engine:
                                           jnp.float32(sp.top_p), jnp.bool_(not sp.ignore_eos)), self._whole)
         mode = mode_of(sp)
         tokens, lens, row_live, row_seeds = arrays
-        self.stats["prefill_prompts"] += int(np.sum(row_live.reshape(len(lens), -1).any(axis=1)))
+        prompt_live = row_live.reshape(len(lens), -1).any(axis=1)
+        self.stats["prefill_prompts"] += int(np.sum(prompt_live))
+        self.stats["prefill_tokens"] += int(np.sum(lens[prompt_live]))
         self.stats["rows"] += int(row_live.sum())
         limit = sp.max_new_tokens if limit is None else limit
         state = self._prefill(self.params, *self._put(arrays, self._rows), values, mode, len(row_live) // len(lens),
@@ -285,7 +305,8 @@ class Engine:
                 return state
             state = state._replace(done=self._put(jnp.asarray(done), self._rows))
 
-    def _generate_batch(self, prompts, batch, sp: SamplingParams) -> list[tuple[tuple[int, int], Completion]]:
+    def _generate_batch(self, prompts, batch, sp: SamplingParams, then: Continuation | None = None
+                        ) -> list[tuple[tuple[int, int], Completion]]:
         arrays, rows = self._batch_inputs(prompts, batch, sp)
         live = [r for r, row in enumerate(rows) if row is not None]
         stopped: dict[int, tuple[int, int]] = {}
@@ -302,7 +323,46 @@ class Engine:
             return done
 
         state = self._run_kernels(arrays, sp, stop=stop if sp.stop_strings else None)
-        return list(zip([rows[r] for r in live], self._completions(state, live, sp, stopped)))
+        completions = self._completions(state, live, sp, stopped)
+        self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
+        if then is not None:
+            for c, logprobs in zip(completions, self._score_continuations(state, live, completions, then)):
+                c.continuation = logprobs
+        return list(zip([rows[r] for r in live], completions))
+
+    def _score_continuations(self, state: kernels.State, live: list[int], completions: list[Completion],
+                             then: Continuation) -> np.ndarray:
+        """[len(live), len(candidates)]: `then` scored for the live rows of a finished batch (see `Continuation`).
+
+        Generated token i of a row has its K/V in cache slot i once the decode loop has fed it, i.e. for
+        i < step - 1 (the last sampled token is never fed); a row that ended early kept running on pad tokens
+        after its end, so only the part of the continuation equal to its own tokens is reused."""
+        bad = [c for c in then.candidates if not 0 <= c < self.config.vocab_size]
+        if not then.candidates or bad:
+            raise ValueError(f"Continuation.candidates {list(then.candidates)}: expected token ids in "
+                             f"[0, {self.config.vocab_size})")
+        toks, step = self._get(state.tokens, state.step)
+        fed = int(np.asarray(step).reshape(-1)[0]) - 1
+        rows = toks.shape[0]
+        tails, reuse = [[self.pad_id]] * rows, np.zeros(rows, np.int32)
+        for r, c in zip(live, completions):
+            ids = [int(t) for t in then.tokens(c)]
+            if not ids:
+                raise ValueError("Continuation.tokens returned no tokens: there is no position to score")
+            k = _common_prefix(ids, toks[r, :fed])
+            k = min(k, len(ids) - 1)  # at least one token runs: its output is the next-token distribution
+            tails[r], reuse[r] = ids[k:], k
+        width = max(8, 1 << (max(len(t) for t in tails) - 1).bit_length())  # few chunk shapes, few compilations
+        chunk = np.full((rows, width), self.pad_id, np.int32)
+        lens = np.array([len(t) for t in tails], np.int32)
+        for r, t in enumerate(tails):
+            chunk[r, width - len(t):] = t
+        self.stats["continuation_tokens"] += int(sum(lens[r] for r in live))
+        self.stats["continuation_reused"] += int(sum(reuse[r] for r in live))
+        cand = self._put(jnp.asarray(then.candidates, jnp.int32), self._whole)
+        (scores,) = self._get(self._continue(self.params, state.prompt_kv, state.new_kv, state.prompt_lens,
+                                             *self._put((chunk, lens, reuse), self._rows), cand))
+        return np.asarray(scores)[live]
 
     def _find_stop(self, ids, stop_strings) -> tuple[int, int] | None:
         """(tokens to keep, characters to keep) for the earliest stop string in the decoded ids, or None."""
@@ -352,6 +412,7 @@ class Engine:
             tokens, lens = _left_pad([prompts[i] for i in idx], length_bucket(max(len(prompts[i]) for i in idx)),
                                      self._batch_rows(batch_bucket(len(idx), self.max_batch)), self.pad_id)
             (scores,) = self._get(self._score(self.params, *self._put((tokens, lens), self._rows), cand))
+            self.stats["score_tokens"] += sum(len(prompts[i]) for i in idx)
             out[idx] = np.asarray(scores)[:len(idx)]
         return out
 
@@ -365,6 +426,15 @@ class Engine:
                                  f"model's context of {limit}")
             if min(ids) < 0 or max(ids) >= self.config.vocab_size:
                 raise ValueError(f"prompt {i}: token ids must lie in [0, {self.config.vocab_size})")
+
+
+def _common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _progress(total, desc, unit):

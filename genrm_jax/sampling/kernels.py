@@ -94,7 +94,7 @@ def _prompt_pass(params, prompts, prompt_lens, *, config, kernels, residual, cac
     u, p = prompts.shape
     segment = (jnp.arange(p)[None, :] >= p - prompt_lens[:, None]).astype(jnp.int32)
     rope = llama.rope(llama.segment_positions(segment), config, max_position=p)
-    mask = llama.causal_mask(segment)
+    mask = attention.Mask(segment)
     ops = layout(config, kernels, (u, p))
 
     def body(x, lp):
@@ -205,8 +205,30 @@ def decode(params, state: State, limit, values, mode, *, config, kernels, residu
             x = llama.layer(lp, x, rope, masks, config, layout=ops, kv_update=splice, attend=attend_shared_prompt)
             return _constrain(x, residual), written[0]
 
+        def stacked_body(carry, lp, prompt_kv, i):
+            # The stacked cache rides in the scan's carry and each layer writes its one new slot in place: as the
+            # scan's xs/ys (`body`) every step re-zeroed, copied and re-wrote the whole stacked caches
+            # (docs/decode.md).
+            x, (kn_all, vn_all) = carry
+            (kp, vp), written = prompt_kv, []
+
+            def splice(k, v):
+                at = (i, 0, 0, t - 1, 0)
+                kn2 = jax.lax.dynamic_update_slice(kn_all, jnp.swapaxes(k, 1, 2)[None].astype(kn_all.dtype), at)
+                vn2 = jax.lax.dynamic_update_slice(vn_all, jnp.swapaxes(v, 1, 2)[None].astype(vn_all.dtype), at)
+                written.append((kn2, vn2))
+                layer_kv = (jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (kn2, vn2))
+                return tuple(zip((kp, vp), layer_kv))
+
+            x = llama.layer(lp, x, rope, masks, config, layout=ops, kv_update=splice, attend=attend_shared_prompt)
+            return (_constrain(x, residual), written[0]), None
+
         x = _constrain(ops.embed(params, last[:, None]), residual)
-        x, new_kv = llama.run_layers(body, x, params["layers"], s.prompt_kv, s.new_kv)
+        if isinstance(params["layers"], (list, tuple)):
+            x, new_kv = llama.run_layers(body, x, params["layers"], s.prompt_kv, s.new_kv)
+        else:
+            layer_ids = jnp.arange(jax.tree.leaves(s.new_kv)[0].shape[0])
+            (x, new_kv), _ = llama.run_layers(stacked_body, (x, s.new_kv), params["layers"], s.prompt_kv, layer_ids)
         return _record(s._replace(new_kv=new_kv), _next_logits(params, ops, x), values, mode, eos_ids, pad_id)
 
     def more(s: State):

@@ -24,8 +24,12 @@ import dataclasses
 
 import numpy as np
 
-from genrm_jax import config_util, evaluation, finetune, merge, recipe, runs
-from genrm_jax.judge import api, benchmark, pointwise
+from genrm_jax import config_util, evaluation, finetune, merge, methods, report, runs
+from genrm_jax.data import splits
+from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
+from genrm_jax.io import load_model
+from genrm_jax.judge import api, benchmark, pointwise, prompts
+from genrm_jax.sampling import Engine
 from genrm_jax.star import sample as sampling
 from genrm_jax.star import select
 
@@ -136,7 +140,7 @@ def summary(task: str, lines: list[dict]) -> dict:
 
 
 def evaluate(run: runs.Run, stage: str, judges: Judges, eval_sets: dict, gold_set: list[dict], *, seed: int,
-             ks=(1,), consistency: int = 0, progress: bool = True) -> list[dict]:
+             ks=(1,), consistency: int = 0, progress: bool = True, bias_cfg=None) -> list[dict]:
     """Report rows of one judge: pairwise and pointwise-ranking accuracy on every set (stages <stage>_pairwise
     and <stage>_pointwise) and, with a gold-scored set, pointwise metrics. `consistency` > 0: self-consistency,
     the majority over that many sampled judgments (pairwise: in one order, maj@n; pointwise: majority score)."""
@@ -151,8 +155,11 @@ def evaluate(run: runs.Run, stage: str, judges: Judges, eval_sets: dict, gold_se
     for name, judge in (("pairwise", pair), ("pointwise", point)):
         if name not in judges.sre.tasks:
             continue
-        reps = recipe.evaluate(run, f"{stage}_{name}", judge, eval_sets, seed=seed, ks=ks, progress=progress)
-        row = {"stage": f"{stage}_{name}", "judge": name, **recipe.headline(reps)}
+        reps = report.evaluate(run, f"{stage}_{name}", judge, eval_sets, seed=seed, ks=ks, progress=progress)
+        row = {"stage": f"{stage}_{name}", "judge": name, **report.headline(reps)}
+        if bias_cfg is not None:  # position, length and master-key bias (judge/bias.py) of this judge
+            row.update(report.bias_headline(report.bias_stage(
+                run, f"bias_{stage}_{name}", judge, eval_sets.get(splits.IN_DISTRIBUTION, []), bias_cfg)))
         if consistency and name == "pairwise":  # self-consistency's accuracy is the majority vote's
             for set_name, rep in reps.items():
                 maj = (rep.get("maj_at_k") or {}).get(str(consistency))
@@ -202,8 +209,6 @@ def _has_feedback(task: str, records: list[dict]) -> bool:
 
 
 def _feedback_records(task, lines, records):
-    from genrm_jax.judge import prompts
-
     by_id = {sampling.pair_key(r): r for r in records}
     out = []
     for g in select.groups(lines):
@@ -252,8 +257,6 @@ def seed_judge(run, judges: Judges, model, ft: finetune.FinetuneConfig, inputs: 
 
 def _empty_line(task, judges, r):
     """A judgment line with no judgments, for building prompts of records whose targets come from the data."""
-    from genrm_jax.judge import prompts
-
     if task == "pointwise":
         answers = {k: {"response": v["response"], "conversation": r["prompt"], "reference": v["reference"]}
                    for k, v in sampling.pointwise_answers(r).items()}
@@ -300,9 +303,6 @@ def rated(run, judges: Judges, t: int, task: str, lines, progress):
     model, engine = judges.model, judges.engine
     if sre.meta_judge:
         if judges.meta is None:
-            from genrm_jax.io import load_model
-            from genrm_jax.sampling import Engine
-
             other = load_model(sre.meta_judge)
             judges.meta = (other, Engine(other, max_batch=engine.max_batch))
         model, engine = judges.meta
@@ -319,7 +319,7 @@ def split_inputs(sre: SreConfig, pairs: list[dict], gold_train: list[dict], seed
     out = {}
     for task in sre.tasks:
         pool = gold_train if task == "pointwise" and gold_train else pairs
-        parts = recipe.parts(pool, 1 + sre.iterations, seed)
+        parts = splits.parts(pool, 1 + sre.iterations, seed)
         for t, cap in enumerate(sre.inputs, 1):
             if cap:
                 parts[t] = parts[t][:cap]
@@ -328,7 +328,7 @@ def split_inputs(sre: SreConfig, pairs: list[dict], gold_train: list[dict], seed
 
 
 def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, eval_sets, gold, *, seed=0,
-            ks=(1,), progress=True, mesh=None):
+            ks=(1,), progress=True, mesh=None, eval_cfg=None):
     """Runs (or resumes) J_SFT, the baselines and every iteration; returns (final params, report rows, {stage:
     summary}: J_SFT's hinted samples and records, each iteration's samples and selection counts)."""
     judges = Judges(model, engine, sre, pair_cfg, point_cfg, seed)
@@ -340,7 +340,8 @@ def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, 
     summaries = {"seed": info}
     sft_params = params
     engine.set_params(params)
-    rows = [dict(r, method="J_SFT", **_seed_cols(info)) for r in ev("eval_sft")]
+    # bias before the DPO iterations (J_SFT) and after the last one; config.eval.bias=false skips it
+    rows = [dict(r, method="J_SFT", **_seed_cols(info)) for r in ev("eval_sft", bias_cfg=eval_cfg)]
     if "self_consistency" in sre.baselines:
         rows += [dict(r, method=f"self-consistency@{sre.consistency_samples}")
                  for r in ev("eval_self_consistency", consistency=sre.consistency_samples)]
@@ -363,7 +364,9 @@ def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, 
                 "train_final_loss": fit_info["final_loss"],
                 **{f"{task}_{k}": v for task, s in summary_t.items() for k, v in s.items()
                    if k in ("correct_rate", "pairs", "groups_without_pairs")}}
-        rows += [dict(r, method=f"SRE iteration {t}", **cols) for r in ev(f"eval_iter_{t}")]
+        last = t == sre.iterations
+        rows += [dict(r, method=f"SRE iteration {t}", **cols)
+                 for r in ev(f"eval_iter_{t}", bias_cfg=eval_cfg if last else None)]
     if "best_of_n" in sre.baselines and first_lines:
         bon = [r for task in sre.tasks for r in select.best_of_n(select.groups(first_lines[task]))]
         if bon:
@@ -384,67 +387,57 @@ def _seed_cols(info: dict) -> dict:
             "train_steps": sum(v for k, v in info.items() if k.endswith("steps"))}
 
 
-COLUMNS = ("method", "judge", f"{recipe.IN_DISTRIBUTION}/accuracy", f"{recipe.IN_DISTRIBUTION}/ci95",
-           f"{recipe.OUT_OF_DISTRIBUTION}/accuracy", f"{recipe.OUT_OF_DISTRIBUTION}/Chat",
-           f"{recipe.OUT_OF_DISTRIBUTION}/Chat Hard", f"{recipe.OUT_OF_DISTRIBUTION}/Safety",
-           f"{recipe.OUT_OF_DISTRIBUTION}/Reasoning", f"{recipe.IN_DISTRIBUTION}/invalid_rate",
+COLUMNS = ("method", "judge", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95",
+           f"{OUT_OF_DISTRIBUTION}/accuracy", f"{OUT_OF_DISTRIBUTION}/Chat",
+           f"{OUT_OF_DISTRIBUTION}/Chat Hard", f"{OUT_OF_DISTRIBUTION}/Safety",
+           f"{OUT_OF_DISTRIBUTION}/Reasoning", f"{IN_DISTRIBUTION}/invalid_rate",
            "gold/exact", "gold/mae", "gold/pearson", "training_records", "train_steps")
 
 
-def experiment(c, workdir: str, *, progress: bool = True) -> dict:
-    """The whole Self-Rationalization experiment from its config (experiments/configs/self_rationalization.py):
-    checks config and data before the model loads, runs or resumes, exports the final judge, writes the report."""
-    from genrm_jax.data import sources, splits
+methods.register_records("sre_pairs")(select.sre_pairs)
 
-    def prepare():
+
+class _Part:
+    """Self-Rationalization as the experiment skeleton's part (genrm_jax/experiment.py)."""
+
+    @staticmethod
+    def prepare(setup):
+        c = setup.c
         sre = SreConfig.from_config(c.sre)
-        ft = finetune.FinetuneConfig.from_config(c.train, kind="dpo")
-        pair_cfg = benchmark.judge_config(c.judge)
         point_cfg = pointwise.PointwiseConfig.from_config(c.pointwise)
-        benchmark.check_engine(c)
-        ks = benchmark.check_ks(c.eval.ks)
-        longest = max(x or 0 for x in (pair_cfg.max_prompt_tokens, point_cfg.max_prompt_tokens))
-        if longest and ft.max_len < longest + sre.max_new_tokens + 8:
-            raise benchmark.ConfigError(
-                f"config.train.max_len: {ft.max_len} cannot hold a judge prompt ({longest} tokens: "
-                f"config.judge / config.pointwise .max_prompt_tokens) plus a judgment (config.sre.max_new_tokens="
-                f"{sre.max_new_tokens} and the verdict): training would cut the judge's instructions")
-        skipped: list = []
-        train, eval_sets = recipe.data(c.data, c.seed, skipped)
+        longest = max(x or 0 for x in (setup.judge.max_prompt_tokens, point_cfg.max_prompt_tokens))
+        setup.sampled = (longest, sre.max_new_tokens,
+                         "config.judge / config.pointwise .max_prompt_tokens, config.sre.max_new_tokens")
         gold = {"train": [], "eval": []}
         if c.data.pointwise_path:
-            loaded = sources.read("feedback-collection", c.data.pointwise_path)
-            skipped.extend(loaded.skipped)
-            g_train, g_eval = splits.train_held_out(loaded.records, float(c.data.held_out_fraction), seed=c.seed)
-            gold = {"train": g_train, "eval": recipe.take(g_eval, c.data.pointwise_eval, c.seed)}
-        if len(train) < 1 + sre.iterations:
-            raise benchmark.ConfigError(f"config.data.train_pairs: {len(train)} training pairs cannot make "
+            gold_records = splits.load("feedback-collection", c.data.pointwise_path, setup.skipped)
+            g_train, g_eval = splits.train_held_out(gold_records, float(c.data.held_out_fraction), seed=c.seed)
+            gold = {"train": g_train, "eval": splits.take(g_eval, c.data.pointwise_eval, c.seed)}
+        if len(setup.train) < 1 + sre.iterations:
+            raise benchmark.ConfigError(f"config.data.train_pairs: {len(setup.train)} training pairs cannot make "
                                         f"{1 + sre.iterations} parts (J_SFT + config.sre.iterations)")
-        recipe.check_memory(c, ft, held_copies=3, sample_length=(longest or ft.max_len) + sre.max_new_tokens)
-        return sre, ft, pair_cfg, point_cfg, ks, train, eval_sets, gold, skipped, recipe.mesh(c)
+        return sre, point_cfg, gold
 
-    run, prepared, done = recipe.open_run(c, workdir, prepare)
-    if done is not None:
-        return done
-    sre, ft, pair_cfg, point_cfg, ks, train, eval_sets, gold, data_skipped, mesh = prepared
-    model = recipe.load(c, mesh)
-    engine = recipe.engine(c, model, mesh)
-    print(f"self-rationalization: {len(train)} training pairs"
-          + (f" and {len(gold['train'])} gold-scored inputs" if gold["train"] else "")
-          + f" in {1 + sre.iterations} parts, " + ", ".join(f"{k} {len(v)} pairs" for k, v in eval_sets.items())
-          + f"; run directory {run.dir}", flush=True)
-    params, rows, summaries = run_sre(run, model, engine, sre, ft, pair_cfg, point_cfg, train, eval_sets, gold,
-                                      seed=c.seed, ks=ks, progress=progress, mesh=mesh)
-    export = recipe.export(run, params, model)
-    extra = {"mesh": dict(mesh.shape) if mesh is not None else None, "method": "self_rationalization", "preset": c.preset, "selection": sre.selection,
-             "seed_mode": sre.seed_mode, "data_rows_skipped": recipe.skip_counts(data_skipped), "export": export,
-             "training_pairs": len(train), "eval_pairs": {k: len(v) for k, v in eval_sets.items()},
-             "gold_eval_items": len(gold["eval"]), "stages": summaries}
-    columns = [k for k in COLUMNS if any(k in r for r in rows)]
-    paths = recipe.write_report(run, rows, title=f"Self-Rationalization ({c.preset}, selection: {sre.selection})",
-                                extra=extra, columns=columns)
-    _plot_errors(run, rows)
-    return run.finish("report", {"rows": rows, **extra, "paths": paths})
+    @staticmethod
+    def engine(method) -> bool:
+        return True
+
+    @staticmethod
+    def run(run, setup, model, engine, progress):
+        sre, point_cfg, gold = setup.part
+        if gold["train"]:
+            print(f"self-rationalization: {len(gold['train'])} gold-scored inputs", flush=True)
+        params, rows, summaries = run_sre(run, model, engine, sre, setup.ft, setup.judge, point_cfg, setup.train,
+                                          setup.eval_sets, gold, seed=setup.seed, ks=setup.ks, progress=progress,
+                                          mesh=setup.mesh, eval_cfg=setup.c.eval)
+        _plot_errors(run, rows)
+        return report.Outcome(params, rows, {"selection": sre.selection, "seed_mode": sre.seed_mode,
+                                             "gold_eval_items": len(gold["eval"]), "stages": summaries},
+                              title=f"Self-Rationalization ({setup.c.preset}, selection: {sre.selection})",
+                              columns=[k for k in COLUMNS if any(k in r for r in rows)])
+
+
+PART = _Part()
 
 
 def _plot_errors(run, rows) -> None:
@@ -452,7 +445,7 @@ def _plot_errors(run, rows) -> None:
     hists = [(r["method"], r["gold/histogram"]) for r in rows if r.get("gold/histogram")]
     if not hists or not run.main:
         return
-    import matplotlib
+    import matplotlib  # optional and slow to import: only when there is something to plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

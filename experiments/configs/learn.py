@@ -1,0 +1,49 @@
+r"""The `learn` preset: the embedded model trained on verifiable judging pairs (genrm_jax/data/verifiable.py),
+where a 135M judge can acquire the skill and a program checks every label (issue 23).
+
+    c = presets.base("default"); learn(c)     # then the method's own settings, as for any preset
+
+Data: in-distribution pairs of the kept families for training, >= 200 held-out in-distribution pairs and
+>= 200 shifted pairs for evaluation (both answer orders), plus small HH-RLHF and RewardBench samples so the
+usual columns stay. STaR: 2 iterations over 2 parts, 4 judgments per pair (2 per order) with short rationales
+(24 tokens: enough to restate a sum, a count or an order); lr 3e-5, 2 epochs per iteration.
+
+Time budget (an estimate from NOTES.md's throughput, not yet measured end to end): evaluation dominates. The
+judge prompt is ~250 SmolLM2 tokens, nearly all of them the shared instructions, so one evaluation of 400 pairs
+in both orders is ~200k prefill tokens (~10 minutes at ~350 tok/s) plus 800 rationales of 24 tokens (~6 minutes
+at ~50 tok/s). Two STaR iterations evaluate three times: well over 20 minutes. To meet the issue's 20 minutes
+with >= 200 + >= 200 pairs the engine has to prefill the shared instructions once (prefix caching), or the
+preset uses a shorter judge prompt; until then `EVAL_PER_FAMILY` / `SHIFTED_PER_FAMILY` can be lowered for a
+quick run (--config.data.verifiable.eval_per_family=25).
+"""
+import ml_collections
+
+# Families kept: those where the zero-shot judge (P(A) vs P(B), both orders, 50 held-out pairs each) is near
+# chance: arithmetic 0.58, ordering 0.60. Left out: counting (0.90: an off-by-one answer of 0 for a letter taken
+# from the word gives itself away) and format (0.74: a capital letter or a missing word is visible without
+# reasoning). Both stay available (--config.data.verifiable.families=all).
+FAMILIES = "arithmetic,ordering"
+TRAIN_PER_FAMILY = 96       # 192 training pairs: 2 STaR parts of 96 pairs, 384 judgments sampled per iteration
+EVAL_PER_FAMILY = 100       # >= 200 held-out in-distribution pairs (the issue's floor)
+SHIFTED_PER_FAMILY = 100    # >= 200 shifted pairs (3-4-digit +/-; five 3-digit numbers, descending)
+
+
+def learn(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Mutates a base config (presets.base) into the `learn` preset and returns it."""
+    c.preset = "learn"
+    c.model = "smollm2-135m-instruct"
+    c.data.update(train="verifiable", train_pairs=0, held_out_per_subset=2, rewardbench_per_subset=1)
+    c.data.verifiable = ml_collections.ConfigDict(dict(
+        families=FAMILIES, train_per_family=TRAIN_PER_FAMILY, eval_per_family=EVAL_PER_FAMILY,
+        shifted_per_family=SHIFTED_PER_FAMILY))
+    # Answers and questions are a few dozen tokens; the prompt is the judge's instructions plus them.
+    c.judge.update(method="cot", prompt="judge", k=1, temperature=0.0, top_p=1.0, max_new_tokens=24,
+                   position="both", verdict="force", max_answer_tokens=48, max_prompt_tokens=320)
+    c.star.update(iterations=2, parts=2, samples=4, temperature=1.0, top_p=0.95, max_new_tokens=24,
+                  verdict="force", chunk=32)
+    # A STaR iteration here is ~25-50 optimiser steps: 3e-5 moves a 135M model in that many (1e-5, the default
+    # preset's, barely does; the paper's 1e-6 is for 8B models over thousands of steps).
+    c.train.update(learning_rate=3e-5, epochs=2, batch_size=8, max_len=384, buckets=(384,), checkpoint_every=10)
+    c.engine.max_batch = 32
+    c.eval.ks = (1,)
+    return c

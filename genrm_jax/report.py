@@ -1,0 +1,174 @@
+"""What an experiment reports: its evaluation stages, the headline numbers of each, and the report files.
+
+    reps = report.evaluate(run, "eval_0", judge, eval_sets, seed=0, ks=(1,))  # a finished stage is read back
+    row = {"stage": "eval_0", **report.headline(reps)}
+    report.write(run, rows, title="star_dpo (default)", extra={...})          # report.json, report.md, accuracy.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from genrm_jax import runs
+from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
+from genrm_jax.judge import benchmark, bias
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a method's part hands the experiment skeleton: the final weights (None: nothing was trained, nothing
+    to export), report rows, report fields, a trained reward head, the report's title and table columns."""
+    params: Any
+    rows: list[dict]
+    extra: dict
+    head: Any = None
+    title: str = ""
+    columns: Sequence[str] | None = None
+
+
+def evaluate(run: runs.Run, stage: str, judge, eval_sets: dict[str, list[dict]], *, seed: int = 0,
+             ks: Sequence[int] = (1,), progress: bool = True) -> dict:
+    """{set: evaluation report} of `judge` on every set, as stage `stage` of the run (read back when done).
+    Per-pair judgments go to <workdir>/eval/<stage>/judgments-<set>.jsonl."""
+    if run.done(stage):
+        return run.result(stage)
+    out = {}
+    for name, records in eval_sets.items():
+        path = run.path("eval", stage, f"judgments-{name}.jsonl") if run.main else None
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        out[name] = benchmark.evaluate(judge, records, seed=seed, ks=ks, judgments_path=path, progress=progress)
+        print(benchmark.category_table(f"{stage} {name}", out[name]), flush=True)
+    return run.finish(stage, out)
+
+
+def bias_stage(run: runs.Run, stage: str, judge, records: list[dict], eval_cfg) -> dict | None:
+    """Position, length and master-key bias of `judge` (judge/bias.py) on the first `eval.bias_pairs` records, as
+    stage `stage` (read back when done); None when `eval.bias` is off. The attack replaces the rejected answer of
+    the first `eval.bias_attack_pairs` of them by each content-free key, so its cost is bounded by config."""
+    if not eval_cfg.get("bias", True) or not records:
+        return None
+    if run.done(stage):
+        return run.result(stage)
+    n = int(eval_cfg.get("bias_pairs", 0) or 0) or len(records)
+    rep = bias.bias_report(judge, records[:n], attack_pairs=eval_cfg.get("bias_attack_pairs"))
+    print(bias.bias_table(stage, rep), flush=True)
+    return run.finish(stage, rep)
+
+
+def bias_headline(rep: dict | None) -> dict:
+    """The bias figures that go in report tables."""
+    if not rep:
+        return {}
+    return {"bias/first_win_rate": rep["position"]["first_win_rate"], "bias/flip_rate": rep["position"]["flip_rate"],
+            "bias/prefers_longer": rep["length"]["prefers_longer_rate"], "bias/master_key_rate": rep["master_key"]["rate"]}
+
+
+def headline(reports: dict) -> dict:
+    """The numbers of one evaluation that go in tables: accuracy (= maj@1 when sampled), its CI, RewardBench
+    sections, the largest maj@k, invalid rate and position consistency, per set."""
+    row = {}
+    for name, rep in reports.items():
+        row[f"{name}/accuracy"] = rep["accuracy"]
+        row[f"{name}/ci95"] = rep.get("accuracy_ci95")
+        row[f"{name}/invalid_rate"] = rep.get("invalid_rate")
+        if "position_consistency" in rep:
+            row[f"{name}/position_consistency"] = rep["position_consistency"]
+        majk = rep.get("maj_at_k") or {}
+        if majk:
+            k = max(majk, key=int)
+            row[f"{name}/maj@{k}"] = majk[k]["accuracy"]
+        for section, v in (rep.get("sections") or {}).items():
+            row[f"{name}/{section}"] = v
+    return row
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_cell(x) for x in v) + "]"
+    return str(v)
+
+
+SHORT = {IN_DISTRIBUTION: "ID", OUT_OF_DISTRIBUTION: "RB"}  # table headers: in-distribution, RewardBench
+SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"{IN_DISTRIBUTION}/position_consistency",
+           f"{OUT_OF_DISTRIBUTION}/accuracy", f"{OUT_OF_DISTRIBUTION}/Chat", f"{OUT_OF_DISTRIBUTION}/Chat Hard",
+           f"{OUT_OF_DISTRIBUTION}/Safety", f"{OUT_OF_DISTRIBUTION}/Reasoning", f"{OUT_OF_DISTRIBUTION}/Score",
+           f"{IN_DISTRIBUTION}/invalid_rate", "bias/first_win_rate", "bias/flip_rate", "bias/prefers_longer",
+           "bias/master_key_rate", "pairs_with_correct", "training_records", "train_steps",
+           "train_final_loss")
+
+
+def _header(column: str) -> str:
+    name, _, field = column.partition("/")
+    return f"{SHORT.get(name, name)} {field}".replace("position_consistency", "pos. consistency") if field else name
+
+
+def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of rows (dicts); columns default to the SUMMARY columns present (all of them are in
+    report.json), then any maj@k."""
+    present = list(dict.fromkeys(k for r in rows for k in r))
+    if columns is None:
+        columns = [c for c in SUMMARY if c in present] + [c for c in present if "/maj@" in c]
+    lines = ["| " + " | ".join(_header(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write(run: runs.Run, rows: list[dict], *, title: str, extra: dict | None = None,
+          columns: Sequence[str] | None = None) -> dict:
+    """report.json (strict JSON: the rows and `extra`), report.md (the table) and accuracy.png (accuracy per
+    row for each evaluation set); prints the table and where everything is. Returns the paths."""
+    paths = {"json": run.path("report.json"), "md": run.path("report.md"), "png": run.path("accuracy.png")}
+    if not run.main:
+        return paths
+    runs.write_json_atomic(paths["json"], {"title": title, "rows": rows, **(extra or {})})
+    text = (f"# {title}\n\n{table(rows, columns)}\n\nID: held-out HH-RLHF pairs (in-distribution, never trained "
+            f"on); RB: the RewardBench sample (out of distribution). Every figure is in report.json.\n")
+    runs.write_text_atomic(paths["md"], text)
+    if not _plot(rows, paths["png"], title):
+        paths.pop("png")
+    print(f"\n{text}", flush=True)
+    print("run directory " + run.dir + ": " + ", ".join(os.path.basename(p) for p in paths.values())
+          + ", config.json, metrics.jsonl, stages/" + (", export/" if run.done("export") else ""), flush=True)
+    return paths
+
+
+def finished(run: runs.Run) -> dict | None:
+    """A finished run's report (printed again), or None: a rerun of a finished experiment loads nothing."""
+    if not run.done("report"):
+        return None
+    with open(run.path("report.md")) as f:
+        print(f.read(), flush=True)
+    return run.result("report")
+
+
+def _plot(rows: list[dict], path: str, title: str) -> bool:
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.endswith("/accuracy")]
+    if not keys or len(rows) < 2:
+        return False
+    import matplotlib  # optional and slow to import: only when there is something to plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(rows))
+    for k in keys:
+        ax.plot(x, [r.get(k) if r.get(k) is not None else np.nan for r in rows], marker="o", label=k[:-9])
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [str(r.get("stage", i)) for i, r in enumerate(rows)], rotation=20)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
