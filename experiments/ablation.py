@@ -100,7 +100,7 @@ def main(argv):
                 failures[m] = f"sub-run failed, exit status {rc}: see logs/{m}.log"
     loaded = {m: ablation_report.load_run(os.path.join(workdir, m)) for m in methods}
     loaded_ok = {m: got for m, got in loaded.items() if m not in failures}
-    rows = ablation_report.rows(loaded, methods, failures=failures)
+    rows = ablation_report.compare(workdir, ablation_report.rows(loaded, methods, failures=failures))
     problems = ablation_report.consistency(loaded_ok, c.preset)
     first = next((got for got in loaded_ok.values() if got), None)
     model = (first["config"] or {}).get("model") if first else None

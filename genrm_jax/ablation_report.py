@@ -18,7 +18,7 @@ import json
 import os
 from typing import Sequence
 
-from genrm_jax import methods, runs
+from genrm_jax import evaluation, methods, runs
 from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 
 SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning", "Score")
@@ -124,6 +124,30 @@ def rows(loaded: dict[str, dict | None], methods: Sequence[str], *,
     return out
 
 
+def compare(workdir: str, rows_: list[dict], against: Sequence[str] = ("zero-shot", "bt_rm")) -> list[dict]:
+    """`rows_` with, in each set of each row, `vs_<other>`: the accuracy difference against the first zero-shot row
+    and against the bt_rm row on the same pairs, with a paired bootstrap 95% interval and an exact McNemar p-value
+    (evaluation.compare_judgments), read from the runs' per-pair judgments (<run>/eval/<stage>/)."""
+    def judgments(row, name):
+        path = os.path.join(workdir, row["run"], "eval", str(row["stage"]), f"judgments-{name}.jsonl")
+        return evaluation.read_judgments(path) if row["status"] == "ok" and os.path.exists(path) else None
+
+    refs = {}
+    for key in against:
+        ref = next((r for r in rows_ if r["status"] == "ok"
+                    and (r["kind"] == key if key == "zero-shot" else r["method"] == key)), None)
+        if ref is not None:
+            refs[key] = ref
+    for row in rows_:
+        for name, cell in row["sets"].items():
+            mine = judgments(row, name)
+            for key, ref in refs.items():
+                theirs = judgments(ref, name) if ref is not row else None
+                if mine and theirs:
+                    cell[f"vs_{key}"] = evaluation.compare_judgments(mine, theirs, n_boot=2000)
+    return rows_
+
+
 def consistency(loaded: dict[str, dict | None], preset: str) -> list[str]:
     """Why the collected runs may not be comparable: a report of another preset, or runs whose evaluation sets
     differ (the split's config keys, or the evaluation set sizes). Empty when all agree."""
@@ -169,20 +193,38 @@ def _majk(cell: dict) -> str | None:
     return None if cell.get("maj@k") is None else f"{_num(cell['maj@k'])} (k={cell['k']})"
 
 
-def columns() -> list:
-    """(header, row -> cell text or None); a column with no value in any row is left out of the table."""
+def _vs(cell: dict, key: str) -> str | None:
+    """A paired comparison cell: difference [95% CI] p, ** when significant at 0.01."""
+    v = cell.get(f"vs_{key}")
+    if not v:
+        return None
+    lo, hi = v["ci95"]
+    return f"{v['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={v['mcnemar_p']:.2g}" + (" **" if v["significant"] else "")
+
+
+def columns(rows_: Sequence[dict] = ()) -> list:
+    """(header, row -> cell text or None); a column with no value in any row is left out of the table. Sets other
+    than the held-out HH-RLHF and RewardBench ones (the verifiable families' in-distribution and shifted sets)
+    get accuracy columns of their own; every set gets its comparisons against the zero-shot judge and bt_rm."""
     idn, ood = IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
+    names = list(dict.fromkeys(n for r in rows_ for n in r["sets"]))
+    others = [n for n in names if n not in (idn, ood)]
 
     def at(name, fn):
         return lambda r: fn(r["sets"][name]) if name in r["sets"] else None
 
     cols = [("method", lambda r: r["method"] + ("" if r["status"] == "ok" else f" ({r['status']})")),
-            ("eval", lambda r: r["stage"] and f"{r['run']}/{r['stage']}"),
-            ("in-distribution acc [95% CI]", at(idn, _acc_ci)),
-            ("ID maj@1", at(idn, lambda c: _opt(c["maj@1"]))),
-            ("ID maj@k", at(idn, _majk)),
-            ("ID invalid", at(idn, lambda c: _opt(c["invalid_rate"]))),
-            ("RewardBench acc [95% CI]", at(ood, _acc_ci))]
+            ("eval", lambda r: r["stage"] and f"{r['run']}/{r['stage']}")]
+    for n in others:
+        cols += [(f"{n} acc [95% CI]", at(n, _acc_ci)), (f"{n} vs zero-shot", at(n, lambda c: _vs(c, "zero-shot"))),
+                 (f"{n} vs bt_rm", at(n, lambda c: _vs(c, "bt_rm")))]
+    cols += [("in-distribution acc [95% CI]", at(idn, _acc_ci)),
+             ("ID maj@1", at(idn, lambda c: _opt(c["maj@1"]))),
+             ("ID maj@k", at(idn, _majk)),
+             ("ID invalid", at(idn, lambda c: _opt(c["invalid_rate"]))),
+             ("ID vs zero-shot", at(idn, lambda c: _vs(c, "zero-shot"))),
+             ("ID vs bt_rm", at(idn, lambda c: _vs(c, "bt_rm"))),
+             ("RewardBench acc [95% CI]", at(ood, _acc_ci))]
     cols += [(f"RB {s}", at(ood, lambda c, s=s: _opt(c["sections"].get(s)))) for s in SECTIONS]
     cols += [("RB maj@1", at(ood, lambda c: _opt(c["maj@1"]))),
              ("RB maj@k", at(ood, _majk)),
@@ -191,7 +233,7 @@ def columns() -> list:
 
 
 def table(rows_: list[dict]) -> str:
-    cells = [(h, [fn(r) for r in rows_]) for h, fn in columns()]
+    cells = [(h, [fn(r) for r in rows_]) for h, fn in columns(rows_)]
     cells = [(h, v) for h, v in cells if h == "method" or any(x is not None for x in v)]
     lines = ["| " + " | ".join(h for h, _ in cells) + " |", "|" + "---|" * len(cells)]
     for i in range(len(rows_)):

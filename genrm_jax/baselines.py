@@ -25,8 +25,8 @@ from genrm_jax.data import sources, splits
 from genrm_jax.judge import api, benchmark, prompts, verdicts
 from genrm_jax.models import heads
 from genrm_jax.star import loop
-from genrm_jax.star import sample as sampling
-from genrm_jax.star import select
+from genrm_jax.star import judgments as sampling
+from genrm_jax.star import selection
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -102,7 +102,7 @@ def sampled_rationales(run, model, engine, star, judge_cfg, train, seed, progres
     judge = loop.sampling_judge(model, engine, star, judge_cfg, seed=seed + 1000)
     lines = sampling.sample(judge, train, run.path("samples", "rationales.jsonl"), hinted=True, chunk=star.chunk,
                             progress=progress)
-    return select.rationalized(lines), sampling.summary(lines)
+    return selection.rationalized(lines), sampling.summary(lines)
 
 
 # ------------------------------------------------------------------------------- the experiment's part

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
+from genrm_jax import distributed, runtime
+
 _CONFIG_FILE: list[str] = []  # the default config file of the running entry point
 
 
@@ -130,8 +132,6 @@ def workdir() -> str:
 
 def run(main, config_file: str) -> None:
     """absl's app.run with one-line flag errors; `main(argv)` reads `config()` and `workdir()`."""
-    from genrm_jax import distributed, runtime
-
     runtime.apply()  # idempotent; issue #18 moves it here from `import genrm_jax`
     distributed.initialize()  # multi-host: connect the processes before anything touches a device
     _CONFIG_FILE[:] = [config_file]

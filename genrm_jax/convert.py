@@ -15,13 +15,14 @@ import shutil
 import sys
 import time
 
+from genrm_jax import runtime
+from genrm_jax.io import hf, load_model, registry
+
 # What `tokenizer.load_tokenizer` reads: one of these must be in the source directory.
 TOKENIZER_NEEDS = ("tokenizer.json", "tokenizer.model")
 
 
 def convert(src: str, dst: str, dtype: str = "float32") -> str:
-    from genrm_jax.io import hf, load_model, registry
-
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise FileExistsError(f"{dst}: destination exists and is not an empty directory")
     path = registry.resolve(src)
@@ -48,8 +49,6 @@ def convert(src: str, dst: str, dtype: str = "float32") -> str:
 
 
 def main(argv=None) -> int:
-    from genrm_jax import runtime
-
     runtime.apply()  # an entry point: the CPU allocator and dispatch settings (genrm_jax/runtime.py)
     p = argparse.ArgumentParser(prog="python -m genrm_jax.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="registered name, .gguf file or Hugging Face directory")

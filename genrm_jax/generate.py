@@ -18,8 +18,12 @@ import os
 import sys
 from typing import Iterable
 
-from genrm_jax.runs import append_jsonl
+from genrm_jax import runtime
+from genrm_jax.data import sources
+from genrm_jax.io import load_model
+from genrm_jax.runs import append_jsonl, read_resumable
 from genrm_jax.sampling import Engine, SamplingParams
+from genrm_jax.tokenizer import chat_ids
 
 
 class InputError(ValueError):
@@ -39,7 +43,6 @@ def prompt_ids(record: dict, tokenizer, where: str) -> list[int]:
             if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t and "content" in t
                                                       for t in turns):
                 raise InputError(f"{where}: field {field!r} must be a list of {{'role', 'content'}} turns")
-            from genrm_jax.tokenizer import chat_ids
 
             return chat_ids(tokenizer, turns)
     raise InputError(f"{where}: expected one of the fields 'prompt_ids', 'messages', 'prompt'")
@@ -47,8 +50,6 @@ def prompt_ids(record: dict, tokenizer, where: str) -> list[int]:
 
 def finished_ids(path: str) -> set[str]:
     """Ids already written to `path`. A last line cut short by a killed job is removed from the file."""
-    from genrm_jax.runs import read_resumable
-
     try:
         return set(read_resumable(path))
     except ValueError as e:
@@ -99,8 +100,6 @@ def run(engine: Engine, records: Iterable[dict], sp: SamplingParams, output: str
 
 
 def read_jsonl(path: str) -> list[dict]:
-    from genrm_jax.data import sources
-
     try:
         return [row for _, row in sources.iter_rows(path)]
     except sources.DataError as e:
@@ -108,8 +107,6 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from genrm_jax import runtime
-
     runtime.apply()  # an entry point: the CPU allocator and dispatch settings (genrm_jax/runtime.py)
     ap = argparse.ArgumentParser(
         description="Sample completions for a JSONL file of prompts (resumable).",
@@ -129,7 +126,6 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dtype", default="float32", choices=("float32", "bfloat16"))
     args = ap.parse_args(argv)
 
-    from genrm_jax.io import load_model
 
     model = load_model(args.model) if args.model else load_model()
     engine = Engine(model, cache_dtype=args.cache_dtype, max_batch=args.max_batch)

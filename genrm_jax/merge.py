@@ -18,6 +18,9 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from genrm_jax import runtime
+from genrm_jax.io import hf, load_model
+
 
 class MergeError(ValueError):
     """The two parents cannot be merged; the message names the first difference."""
@@ -72,8 +75,6 @@ def main(argv=None) -> int:
     p.add_argument("out", help="output Hugging Face directory")
     p.add_argument("--alpha", type=float, default=0.5)
     args = p.parse_args(argv)
-    from genrm_jax import runtime
-    from genrm_jax.io import hf, load_model
 
     runtime.apply()
     try:

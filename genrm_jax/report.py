@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from genrm_jax import runs
+from genrm_jax import evaluation, runs
 from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from genrm_jax.judge import benchmark, bias
 
@@ -86,9 +86,40 @@ def headline(reports: dict) -> dict:
     return row
 
 
+ZERO_SHOT_STAGE = "eval_0"  # the untrained judge of the same run: what every later stage is compared against
+VS = "vs_" + ZERO_SHOT_STAGE
+
+
+def significance(run: runs.Run, rows: list[dict], baseline: str = ZERO_SHOT_STAGE) -> list[dict]:
+    """`rows` with, for every stage evaluated after `baseline` on the same sets, `<set>/vs_eval_0`: the accuracy
+    difference on the same pairs with its paired bootstrap 95% interval and the exact McNemar p-value
+    (evaluation.compare_judgments; `significant` at p < 0.01), read from the per-pair judgments in eval/."""
+    base_dir = run.path("eval", baseline)
+    if not os.path.isdir(base_dir):
+        return rows
+    out = []
+    for row in rows:
+        row = dict(row)
+        stage = row.get("stage")
+        stage_dir = run.path("eval", str(stage))
+        if stage and stage != baseline and os.path.isdir(stage_dir):
+            for name in sorted(os.listdir(stage_dir)):
+                base = os.path.join(base_dir, name)
+                if name.startswith("judgments-") and name.endswith(".jsonl") and os.path.exists(base):
+                    cmp = evaluation.compare_judgments(evaluation.read_judgments(os.path.join(stage_dir, name)),
+                                                       evaluation.read_judgments(base), n_boot=2000)
+                    row[f"{name[len('judgments-'):-len('.jsonl')]}/{VS}"] = cmp
+        out.append(row)
+    return out
+
+
 def _cell(v) -> str:
     if v is None:
         return "n/a"
+    if isinstance(v, dict) and "mcnemar_p" in v:  # a paired comparison: difference [CI] p, ** when significant
+        lo, hi = v["ci95"]
+        return (f"{v['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={v['mcnemar_p']:.2g}"
+                + (" **" if v["significant"] else ""))
     if isinstance(v, float):
         return f"{v:.3f}"
     if isinstance(v, (list, tuple)):
@@ -115,7 +146,12 @@ def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
     report.json), then any maj@k."""
     present = list(dict.fromkeys(k for r in rows for k in r))
     if columns is None:
-        columns = [c for c in SUMMARY if c in present] + [c for c in present if "/maj@" in c]
+        known = {c.partition("/")[0] for c in SUMMARY}
+        other_sets = [c for c in present if c.endswith("/accuracy") and c.partition("/")[0] not in known]
+        columns = ([c for c in SUMMARY if c in present]
+                   + [c for c in present if c.endswith(f"/{VS}") or c in other_sets
+                      or (c.endswith("/ci95") and c.replace("/ci95", "/accuracy") in other_sets)]
+                   + [c for c in present if "/maj@" in c])
     lines = ["| " + " | ".join(_header(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -130,7 +166,10 @@ def write(run: runs.Run, rows: list[dict], *, title: str, extra: dict | None = N
         return paths
     runs.write_json_atomic(paths["json"], {"title": title, "rows": rows, **(extra or {})})
     text = (f"# {title}\n\n{table(rows, columns)}\n\nID: held-out HH-RLHF pairs (in-distribution, never trained "
-            f"on); RB: the RewardBench sample (out of distribution). Every figure is in report.json.\n")
+            f"on); RB: the RewardBench sample (out of distribution). `{VS}`: accuracy difference against the "
+            f"untrained judge of this run on the same pairs, paired bootstrap 95% interval, exact McNemar p-value; "
+            f"** marks p < {evaluation.SIGNIFICANCE_LEVEL}. Every figure is in report.json; the per-pair judgments "
+            f"are in eval/ (python -m genrm_jax.compare RUN_A RUN_B compares two runs).\n")
     runs.write_text_atomic(paths["md"], text)
     if not _plot(rows, paths["png"], title):
         paths.pop("png")

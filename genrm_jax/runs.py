@@ -23,7 +23,7 @@ import os
 import tempfile
 from typing import Any, Iterable
 
-from genrm_jax import config_util
+from genrm_jax import config_util, distributed
 
 LOCK_FILE = ".lock"
 
@@ -94,8 +94,6 @@ def _umask() -> int:
 
 
 def is_main_process() -> bool:
-    from genrm_jax import distributed
-
     return distributed.is_main_process()
 
 
@@ -163,7 +161,6 @@ class Run:
     """A run directory for `config` (a dict or ConfigDict). Refuses an invalid config (config_util.validate), a
     directory that holds another config, and one that another process is running in (the main process holds
     <workdir>/.lock while this process lives)."""
-
     def __init__(self, workdir: str, config: Any, *, main: bool | None = None):
         self.dir = os.path.abspath(workdir)
         self.config = config.to_dict() if hasattr(config, "to_dict") else dict(config)

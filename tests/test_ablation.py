@@ -101,6 +101,37 @@ def test_rows_table_and_split_check(tmp_path):
     assert _strict_json(out["json"])["consistent"] is False and os.path.exists(out["png"])
 
 
+def test_significance_against_zero_shot_and_bt_rm_from_the_judgments(tmp_path):
+    """Each row's sets gain vs_zero-shot and vs_bt_rm, computed from the runs' per-pair judgment files; a judge
+    right on 12 more of 40 pairs than the zero-shot one and on none fewer is significant (McNemar p = 2^-11)."""
+    def judged(method, stage, name, right):
+        path = os.path.join(tmp_path, method, "eval", stage, f"judgments-{name}.jsonl")
+        runs.write_jsonl(path, [{"id": str(i), "subset": "s", "p_chosen": 0.9 if i in right else 0.1}
+                                for i in range(40)])
+
+    _fake_run(tmp_path, "star_dpo", [_row("eval_0", 0.5), _row("eval_1", 0.8), {"stage": "eval_2",
+                                                                                 "verifiable-in/accuracy": 0.8}])
+    _fake_run(tmp_path, "bt_rm", [_row("eval_1", 0.5)])
+    judged("star_dpo", "eval_0", ID, set(range(20)))
+    judged("star_dpo", "eval_1", ID, set(range(32)))
+    judged("star_dpo", "eval_0", "verifiable-in", set(range(20)))
+    judged("star_dpo", "eval_2", "verifiable-in", set(range(32)))
+    judged("bt_rm", "eval_1", ID, set(range(8, 28)))
+    methods = ["star_dpo", "bt_rm"]
+    loaded = {m: ablation_report.load_run(os.path.join(tmp_path, m)) for m in methods}
+    rows = ablation_report.compare(str(tmp_path), ablation_report.rows(loaded, methods))
+    assert [(r["method"], r["stage"]) for r in rows] == [("llm_judge (zero-shot CoT)", "eval_0"),
+                                                         ("star_dpo", "eval_2"), ("bt_rm", "eval_1")]
+    vs = rows[1]["sets"]["verifiable-in"]["vs_zero-shot"]
+    assert (vs["n"], vs["a_only"], vs["b_only"]) == (40, 12, 0) and abs(vs["difference"] - 0.3) < 1e-12
+    assert vs["mcnemar_p"] == 2 * 0.5 ** 12 and vs["significant"]
+    bt = rows[2]["sets"][ID]
+    assert "vs_bt_rm" not in bt and bt["vs_zero-shot"]["difference"] == 0.0 and not bt["vs_zero-shot"]["significant"]
+    assert (bt["vs_zero-shot"]["a_only"], bt["vs_zero-shot"]["b_only"]) == (8, 8)
+    text = ablation_report.table(rows)
+    assert "verifiable-in vs zero-shot" in text.splitlines()[0] and "+0.300" in text and "**" in text
+
+
 def test_collect_only_and_config_errors(tmp_path):
     _fake_run(tmp_path, "star_sft", [_row("eval_0", 0.5), _row("eval_1", 0.6)])
     _fake_run(tmp_path, "star_dpo", [_row("eval_0", 0.5), _row("eval_1", 0.7)])

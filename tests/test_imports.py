@@ -153,16 +153,8 @@ def test_no_upward_imports():
     assert layer("genrm_jax.experiment") == len(LAYERS)
 
 
-# Function-level imports of genrm_jax modules not yet moved to module level: the modules other helpers were
-# rewriting while the cycles were removed (and the entry points that set the runtime up before JAX loads). The
-# list may only shrink: a new one fails the test below.
-NOT_YET_MOVED = {"genrm_jax.cli", "genrm_jax.runs", "genrm_jax.merge", "genrm_jax.convert", "genrm_jax.generate",
-                 "genrm_jax.serve", "genrm_jax.judge.pointwise", "genrm_jax.judge.api", "genrm_jax.io",
-                 "genrm_jax.io.registry", "genrm_jax.io.hf", "genrm_jax.io.tiny"}
-
-
 def test_genrm_jax_modules_are_imported_at_module_level():
     """Imports inside functions only for heavy optional dependencies (torch, transformers, matplotlib, ...), never
     for genrm_jax's own modules (that hides a cycle instead of removing it)."""
-    inside = [x for x in graph()[1] if x.split(":")[0] not in NOT_YET_MOVED]
+    inside = graph()[1]
     assert not inside, "\n".join(inside)

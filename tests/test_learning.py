@@ -30,8 +30,8 @@ from genrm_jax.io import load_model
 from genrm_jax.judge import api, benchmark, prompts
 from genrm_jax.models import heads
 from genrm_jax.sampling import Engine
-from genrm_jax.star import sample as star_sample
-from genrm_jax.star import select
+from genrm_jax.star import judgments as star_sample
+from genrm_jax.star import selection
 
 WORDS = "red blue green cat dog sun moon tree rock fish bird leaf".split()
 RATIONALE_TOKENS = 2  # the tiny model's "rationale": a couple of sampled bytes before the forced verdict
@@ -178,8 +178,8 @@ def test_reward_head_learns(model, engine, kind):
 
 # method -> (selection, loss, epochs). SFT on the tiny model's judgments learns a verdict among random rationale
 # bytes, a weak signal: these epoch counts pass here, and fewer or more can fall short (0.34 for star_sft at 10).
-SELECT = {"star_sft": (select.star_sft, "sft", 6), "star_dpo": (select.star_dpo, "dpo", 3),
-          "rationalizer": (select.rationalized, "sft", 10)}
+SELECT = {"star_sft": (selection.star_sft, "sft", 6), "star_dpo": (selection.star_dpo, "dpo", 3),
+          "rationalizer": (selection.rationalized, "sft", 10)}
 
 
 @pytest.mark.parametrize("method", list(SELECT))

@@ -14,8 +14,8 @@ from experiment_runs import command, environment, jsonl, kill_when, run, strict_
 from genrm_jax import evaluation, merge
 from genrm_jax.data import sources
 from genrm_jax.judge import api, pointwise, prompts
-from genrm_jax.star import sample as star_sample
-from genrm_jax.star import select
+from genrm_jax.star import judgments as star_sample
+from genrm_jax.star import selection
 
 # ------------------------------------------------------------------------------------------- selection
 
@@ -38,48 +38,48 @@ def _pairs(records):
 def test_correct_pairing_takes_each_judgment_once_and_respects_the_margin():
     # gold score 4: samples 0 and 3 are correct; 1 (score 3), 2 (score 1) and 4 (unscored) are not
     g = _group("x/response", [_j(0, 4, True), _j(1, 3, False), _j(2, 1, False), _j(3, 4, True), _j(4, None, False)])
-    recs, counts = select.sre_pairs([g], "correct", margin=0, max_pairs=5)
+    recs, counts = selection.sre_pairs([g], "correct", margin=0, max_pairs=5)
     assert _pairs(recs) == [("t0", "t1"), ("t3", "t2")]
     assert [r["source"] for r in recs] == ["x/response/s0>x/response/s1", "x/response/s3>x/response/s2"]
     assert recs[0]["messages"] == g["messages"]
     assert counts == {"pairs": 2, "groups": 1, "groups_without_pairs": 0}
     # margin 2: score 3 is too close to 4; the unscored judgment counts as far
-    assert _pairs(select.sre_pairs([g], "correct", margin=2, max_pairs=5)[0]) == [("t0", "t2"), ("t3", "t4")]
-    assert _pairs(select.sre_pairs([g], "correct", margin=2, max_pairs=1)[0]) == [("t0", "t2")]
+    assert _pairs(selection.sre_pairs([g], "correct", margin=2, max_pairs=5)[0]) == [("t0", "t2"), ("t3", "t4")]
+    assert _pairs(selection.sre_pairs([g], "correct", margin=2, max_pairs=1)[0]) == [("t0", "t2")]
     # no incorrect judgment: no pair, counted
-    none, counts = select.sre_pairs([_group("y", [_j(0, 4, True), _j(1, 4, True)])], "correct")
+    none, counts = selection.sre_pairs([_group("y", [_j(0, 4, True), _j(1, 4, True)])], "correct")
     assert none == [] and counts == {"pairs": 0, "groups": 1, "groups_without_pairs": 1}
 
 
 def test_majority_pairing_uses_no_labels_and_skips_ties():
     g = _group("m", [_j(0, 2, True), _j(1, 3, False), _j(2, 3, False), _j(3, 3, False), _j(4, None, True)])
-    recs, _ = select.sre_pairs([g], "majority", max_pairs=3)
+    recs, _ = selection.sre_pairs([g], "majority", max_pairs=3)
     assert _pairs(recs) == [("t1", "t0"), ("t2", "t4")]  # majority score 3 chosen, whatever `correct` says
     tie = _group("t", [_j(0, 2, True), _j(1, 3, False), _j(2, 2, True), _j(3, 3, False)])
-    recs, counts = select.sre_pairs([tie], "majority")
+    recs, counts = selection.sre_pairs([tie], "majority")
     assert recs == [] and counts["groups_without_pairs"] == 1
     # pairwise groups: verdicts are the scores
     pw = _group("p/o0", [_j(0, "chosen", True), _j(1, "rejected", False), _j(2, "chosen", True)])
-    assert _pairs(select.sre_pairs([pw], "majority")[0]) == [("t0", "t1")]
+    assert _pairs(selection.sre_pairs([pw], "majority")[0]) == [("t0", "t1")]
 
 
 def test_meta_pairing_ranks_by_rating_top_against_bottom():
     g = _group("r", [_j(0, 4, True, meta=2.0), _j(1, 3, False, meta=4.5), _j(2, 1, False, meta=1.0),
                      _j(3, 5, False, meta=3.0), _j(4, 2, False, meta=3.0)])
-    recs, _ = select.sre_pairs([g], "meta", max_pairs=5)
+    recs, _ = selection.sre_pairs([g], "meta", max_pairs=5)
     # ranked 1 (4.5), 3 (3.0), 4 (3.0), 0 (2.0), 2 (1.0): top against bottom while strictly higher
     assert _pairs(recs) == [("t1", "t2"), ("t3", "t0")]
     flat = _group("f", [_j(0, 4, True, meta=3.0), _j(1, 3, False, meta=3.0)])
-    assert select.sre_pairs([flat], "meta")[0] == []
+    assert selection.sre_pairs([flat], "meta")[0] == []
     with pytest.raises(ValueError, match="selection 'vote'"):
-        select.sre_pairs([g], "vote")
+        selection.sre_pairs([g], "vote")
 
 
 def test_best_of_n_and_correct_sft():
     g1 = _group("a", [_j(0, 2, False), _j(1, 4, True), _j(2, 4, True)])
     g2 = _group("b", [_j(0, 2, False)])
-    assert [(r["target"], r["source"]) for r in select.best_of_n([g1, g2])] == [("t1", "a/s1")]
-    assert [r["target"] for r in select.correct_sft([g1, g2])] == ["t1", "t2"]
+    assert [(r["target"], r["source"]) for r in selection.best_of_n([g1, g2])] == [("t1", "a/s1")]
+    assert [r["target"] for r in selection.correct_sft([g1, g2])] == ["t1", "t2"]
 
 
 def _pointwise_line(scores_c, scores_r):
@@ -97,11 +97,11 @@ def test_groups_of_pointwise_lines_are_per_answer_with_the_unhinted_prompt():
     line = _pointwise_line([4, 2], [3, 3])
     for x in line["judgments"]:
         x["correct"] = False
-    gs = select.groups([line])
+    gs = selection.groups([line])
     assert [g["id"] for g in gs] == ["hh/1/chosen", "hh/1/rejected"]
     assert gs[0]["messages"] == prompts.pointwise(line["answers"]["chosen"]["conversation"], "good", "R")
     assert [x["text"] for x in gs[1]["judgments"]] == ["rejected0", "rejected1"]
-    assert select.groups([{**line, "skipped": "too long"}]) == []
+    assert selection.groups([{**line, "skipped": "too long"}]) == []
 
 
 def test_pointwise_pair_correctness_matches_sample_by_sample():
@@ -319,7 +319,7 @@ def test_smoke_reports_jsft_baselines_and_both_iterations(reference):
 
     want = []
     for t in ("pointwise", "pairwise"):
-        want += select.sre_pairs(select.groups(lines[t]), "correct", max_pairs=2)[0]
+        want += selection.sre_pairs(selection.groups(lines[t]), "correct", max_pairs=2)[0]
     assert recs == json.loads(json.dumps(want))
     assert report["rows"][4]["training_records"] == len(recs)
     assert (reference / "export" / "config.json").exists()

@@ -19,8 +19,8 @@ import pytest
 
 from genrm_jax.data import splits
 from genrm_jax.judge import prompts
-from genrm_jax.star import sample as star_sample
-from genrm_jax.star import select
+from genrm_jax.star import judgments as star_sample
+from genrm_jax.star import selection
 
 from experiment_runs import REPO, environment, command as _cmd, config as _config, count_lines as _count_lines, \
     jsonl as _jsonl, kill_when as _kill_when, run as _run, strict_json as _strict_json, tail as _tail
@@ -46,7 +46,7 @@ def _j(pid, order, sample, verdict):
 
 
 def _line(pid, judgments, *, hinted=False, skipped=None):
-    """A judgment line in star/sample.py's format; `judgments` is [(order, sample, verdict)]."""
+    """A judgment line in star/judgments.py's format; `judgments` is [(order, sample, verdict)]."""
     return {"id": pid, "conversation": [{"role": "user", "content": f"question of {pid}?"}],
             "chosen": f"the good answer of {pid}", "rejected": f"the bad answer of {pid}", "subset": "s",
             "hinted": hinted, "skipped": skipped, "truncated": False,
@@ -54,7 +54,7 @@ def _line(pid, judgments, *, hinted=False, skipped=None):
 
 
 def _prompt(line, order):
-    """The un-hinted judge prompt, built here independently of select.messages."""
+    """The un-hinted judge prompt, built here independently of selection.messages."""
     conv, good, bad = line["conversation"], line["chosen"], line["rejected"]
     return prompts.judge(conv, good, bad) if order == 0 else prompts.judge(conv, bad, good)
 
@@ -74,13 +74,13 @@ def _shuffled(lines, seed=0):
 
 def test_messages_are_the_unhinted_judge_prompt_in_each_order():
     line = _line("p", [])
-    assert select.messages(line, 0) == prompts.judge(line["conversation"], line["chosen"], line["rejected"])
-    assert select.messages(line, 1) == prompts.judge(line["conversation"], line["rejected"], line["chosen"])
-    assert select.messages(line, 0) != select.messages(line, 1)
+    assert selection.messages(line, 0) == prompts.judge(line["conversation"], line["chosen"], line["rejected"])
+    assert selection.messages(line, 1) == prompts.judge(line["conversation"], line["rejected"], line["chosen"])
+    assert selection.messages(line, 0) != selection.messages(line, 1)
     for order, winner in ((0, "A"), (1, "B")):
         hinted = prompts.rationalizer(line["conversation"], *(
             (line["chosen"], line["rejected"]) if order == 0 else (line["rejected"], line["chosen"])), winner)
-        assert select.messages(line, order) != hinted
+        assert selection.messages(line, order) != hinted
 
 
 def test_star_sft_keeps_exactly_the_correct_judgments():
@@ -96,14 +96,14 @@ def test_star_sft_keeps_exactly_the_correct_judgments():
         {"messages": _prompt(p4, 1), "target": _text(p4, 1, 0), "source": "p4/o1/s0"},
         {"messages": _prompt(p4, 0), "target": _text(p4, 0, 0), "source": "p4/o0/s0"},
     ]
-    assert select.star_sft(lines) == expected
-    assert select.star_sft(lines) == expected  # pure: same input, same output
+    assert selection.star_sft(lines) == expected
+    assert selection.star_sft(lines) == expected  # pure: same input, same output
     assert lines == before  # and the input is untouched
-    assert select.star_sft([p2, p3]) == []
-    assert select.star_sft([]) == []
+    assert selection.star_sft([p2, p3]) == []
+    assert selection.star_sft([]) == []
     # the Rationalizer's SFT rule is the same, and its prompt is the un-hinted one
     hinted = [_line("h1", [(0, 0, "chosen"), (0, 1, "rejected"), (1, 0, "chosen")], hinted=True)]
-    assert select.rationalized(hinted) == [
+    assert selection.rationalized(hinted) == [
         {"messages": _prompt(hinted[0], 0), "target": _text(hinted[0], 0, 0), "source": "h1/o0/s0"},
         {"messages": _prompt(hinted[0], 1), "target": _text(hinted[0], 1, 0), "source": "h1/o1/s0"}]
 
@@ -132,16 +132,16 @@ def test_star_dpo_pairs_one_to_one_within_pair_and_order_only():
                 "rejected": _text(line, order, lo), "source": f"{pid}/o{order}/s{w}>{pid}/o{order}/s{lo}"}
 
     expected = [rec(p1, 0, 0, 1), rec(p1, 0, 3, 2), rec(p1, 1, 0, 3), rec(p6, 1, 1, 0), rec(p6, 1, 3, 2)]
-    assert select.star_dpo(lines) == expected
+    assert selection.star_dpo(lines) == expected
     assert lines == before
     for seed in range(3):  # the file order of the judgments does not matter
-        assert select.star_dpo(_shuffled(lines, seed)) == expected
+        assert selection.star_dpo(_shuffled(lines, seed)) == expected
     for r in expected:  # the chosen side is a correct judgment of that prompt, the rejected an incorrect one
         assert " says chosen" in r["chosen"] and " says chosen" not in r["rejected"]
-    assert select.star_dpo([p2, p3, p4, p5]) == []
+    assert selection.star_dpo([p2, p3, p4, p5]) == []
     all_correct = _line("q", [(o, s, "chosen") for o in (0, 1) for s in range(4)])
-    assert select.star_dpo([all_correct]) == []
-    assert select.star_dpo([]) == []
+    assert selection.star_dpo([all_correct]) == []
+    assert selection.star_dpo([]) == []
 
 
 def test_rationalized_pairs_hinted_correct_against_own_incorrect_same_pair_and_order():
@@ -159,12 +159,12 @@ def test_rationalized_pairs_hinted_correct_against_own_incorrect_same_pair_and_o
         {"messages": _prompt(h1, 1), "chosen": _text(h1, 1, 1), "rejected": _text(u1, 1, 0),
          "source": "p1/o1/s1(hinted)>p1/o1/s0"},
     ]
-    assert select.rationalized_pairs(hinted, plain) == expected
+    assert selection.rationalized_pairs(hinted, plain) == expected
     assert (hinted, plain) == before
-    assert select.rationalized_pairs(_shuffled(hinted, 1), _shuffled(plain, 2)) == expected
+    assert selection.rationalized_pairs(_shuffled(hinted, 1), _shuffled(plain, 2)) == expected
     assert "/h " in expected[0]["chosen"] and "/h " not in expected[0]["rejected"]  # hinted vs. plain text
-    assert select.rationalized_pairs(hinted, []) == []
-    assert select.rationalized_pairs([], plain) == []
+    assert selection.rationalized_pairs(hinted, []) == []
+    assert selection.rationalized_pairs([], plain) == []
 
 
 # ------------------------------------------------------------------------------------------ parts
@@ -307,6 +307,15 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
     for r in (rows[0], rows[-1]):
         assert 0.0 <= r["bias/master_key_rate"] <= 1.0 and 0.0 <= r["bias/first_win_rate"] <= 1.0
     assert "| bias master_key_rate |" in (workdir / "report.md").read_text()
+    # significance: every trained stage against the untrained judge of the run, on the same pairs
+    from genrm_jax import evaluation
+    for r in rows[1:]:
+        vs = r["hh-rlhf-held-out/vs_eval_0"]
+        want = evaluation.compare_judgments(
+            evaluation.read_judgments(workdir / "eval" / r["stage"] / "judgments-hh-rlhf-held-out.jsonl"),
+            evaluation.read_judgments(workdir / "eval" / "eval_0" / "judgments-hh-rlhf-held-out.jsonl"), n_boot=2000)
+        assert vs == _roundtrip(want) and vs["n"] > 0
+        assert abs(vs["difference"] - (r["hh-rlhf-held-out/accuracy"] - rows[0]["hh-rlhf-held-out/accuracy"])) < 1e-9
 
     parts = _parts(c)
     plain_needed = c.method != "rationalizer"
@@ -325,13 +334,13 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
                     _check_samples_line(line, record, k, is_hinted)
                 files[is_hinted] = lines
         if c.method == "star_sft":
-            expected = select.star_sft(files[False])
+            expected = selection.star_sft(files[False])
         elif c.method == "star_dpo":
-            expected = select.star_dpo(files[False])
+            expected = selection.star_dpo(files[False])
         elif c.method == "rationalizer":
-            expected = select.rationalized(files[True])
+            expected = selection.rationalized(files[True])
         else:
-            expected = select.rationalized_pairs(files[True], files[False])
+            expected = selection.rationalized_pairs(files[True], files[False])
         train_file = workdir / "train" / f"iter_{t}.jsonl"
         if t < len(rows):
             assert _jsonl(train_file) == _roundtrip(expected) and expected
@@ -397,7 +406,7 @@ def test_iteration_with_nothing_to_train_on_stops_cleanly(env, tmp_path):
     assert [r["stage"] for r in report["rows"]] == ["eval_0"]
     assert "iteration 1" in report["stopped"] and "nothing to train on" in report["stopped"]
     lines = _jsonl(workdir / "samples" / "iter_1.jsonl")
-    assert lines and select.star_dpo(lines) == []
+    assert lines and selection.star_dpo(lines) == []
     assert not (workdir / "train").exists() and not (workdir / "stages" / "train_1.json").exists()
     assert (workdir / "export" / "model.safetensors").exists()  # the (unchanged) judge is still exported
     events = [_strict_json(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]

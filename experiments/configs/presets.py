@@ -21,8 +21,9 @@ import ml_collections
 from genrm_jax import finetune, methods
 from genrm_jax.judge import api
 from genrm_jax.star import loop
+from experiments.configs import learn
 
-PRESETS = ("smoke", "default", "small", "paper")
+PRESETS = ("smoke", "default", "small", "paper", "learn")
 
 
 def group(cls, *, exclude=(), **overrides) -> ml_collections.ConfigDict:
@@ -49,6 +50,8 @@ def base(preset: str, method: str | None = None) -> ml_collections.ConfigDict:
     """The shared groups at `preset`; `method` (every experiment config gives one) is the methods.py entry."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if preset == "learn":  # the default preset's groups on verifiable pairs the 135M judge can learn (learn.py)
+        return learn.learn(base("default", method))
     c = ml_collections.ConfigDict()
     if method is not None:
         c.method = methods.get(method).name

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from genrm_jax.config_util import ConfigValueError as ConfigError
-from genrm_jax.data import sources
+from genrm_jax.data import sources, verifiable
 
 IN_DISTRIBUTION = "hh-rlhf-held-out"  # the evaluation sets' names in every report
 OUT_OF_DISTRIBUTION = "rewardbench"
@@ -113,6 +113,19 @@ def experiment_data(d, seed: int = 0, skipped: list | None = None) -> tuple[list
     frac = float(d.held_out_fraction)
     if not 0.0 < frac < 1.0:
         raise ConfigError(f"config.data.held_out_fraction: must be in (0, 1), got {d.held_out_fraction!r}")
+    if d.train == "verifiable":  # generated pairs a program checks (data/verifiable.py): in-distribution + shifted
+        v = d.verifiable
+        train, sets = verifiable.datasets(v.families, train_per_family=v.train_per_family,
+                                          eval_per_family=v.eval_per_family, shifted_per_family=v.shifted_per_family,
+                                          seed=seed)
+        if d.held_out_per_subset:
+            hh = [r for s in sources.HH_RLHF_SPLITS for r in load("hh-rlhf", sources.hh_rlhf_path(s), skipped)]
+            sets[IN_DISTRIBUTION] = stratified_sample(train_held_out(hh, frac, seed=seed)[1], d.held_out_per_subset,
+                                                      seed=seed)
+        if d.rewardbench_per_subset:
+            sets[OUT_OF_DISTRIBUTION] = stratified_sample(load("rewardbench", sources.REWARDBENCH, skipped),
+                                                          d.rewardbench_per_subset, seed=seed)
+        return take(train, d.train_pairs, seed), sets
     if d.train == "hh-rlhf":
         pool = [r for s in sources.HH_RLHF_SPLITS for r in load("hh-rlhf", sources.hh_rlhf_path(s), skipped)]
     elif d.train == "file":
@@ -120,7 +133,7 @@ def experiment_data(d, seed: int = 0, skipped: list | None = None) -> tuple[list
             raise ConfigError(f"config.data.train_path: no such file: {d.train_path!r}")
         pool = load(d.train_format, d.train_path, skipped)
     else:
-        raise ConfigError(f"config.data.train: must be 'hh-rlhf' or 'file', got {d.train!r}")
+        raise ConfigError(f"config.data.train: must be 'hh-rlhf', 'file' or 'verifiable', got {d.train!r}")
     train, held = train_held_out(pool, frac, seed=seed)
     train = take(train, d.train_pairs, seed)
     if not train:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from genrm_jax import sharding
+from genrm_jax import tokenizer as tok_lib
 from genrm_jax.io import hf, registry
 from genrm_jax.models import llama
 
@@ -24,9 +26,6 @@ def load_model(name_or_path: str = registry.DEFAULT_MODEL, *, param_dtype: str =
     `mesh`: the params are sharded over it by their logical axes (sharding.shardings), each host reading only the
     slices its devices hold; `shardings` gives them explicitly instead.
     """
-    from genrm_jax import sharding
-    from genrm_jax import tokenizer as tok_lib
-
     path = registry.resolve(name_or_path)
     config = hf.load_config(path, param_dtype=param_dtype, compute_dtype=compute_dtype or param_dtype,
                             scan_layers=scan_layers)

@@ -15,6 +15,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from genrm_jax import distributed
 from genrm_jax.io import safetensors_file as st
 from genrm_jax.models import llama
 
@@ -279,7 +280,6 @@ def save_hf(params: llama.Params, config: llama.LlamaConfig, out_dir: str, *, to
     """
     from safetensors.numpy import save_file
 
-    from genrm_jax import distributed
 
     dtype = dtype or config.param_dtype
     np_dtype = _np_dtype(dtype)

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 
 from genrm_jax.io import gguf as gguf_io
-from genrm_jax.io import hf
+from genrm_jax.io import hf, tiny
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -79,8 +79,6 @@ TINY_MODEL = "tiny-random"  # a random 2-layer Llama with a byte tokenizer (genr
 
 
 def _tiny(cache_dir: str) -> str:
-    from genrm_jax.io import tiny
-
     return _cached(cache_dir, tiny.make_model_dir)
 
 

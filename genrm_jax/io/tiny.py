@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 
+from genrm_jax.io import hf
+from genrm_jax.models import llama
+
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -40,8 +43,6 @@ def make_model_dir(out_dir: str, seed: int = 0, **config_kw) -> str:
     """Writes the tiny Llama (vocab 320 > the tokenizer's 259 tokens), its config and tokenizer into out_dir."""
     import jax
 
-    from genrm_jax.io import hf
-    from genrm_jax.models import llama
 
     config = llama.LlamaConfig(**{**TINY, **config_kw})
     hf.save_hf(llama.init(jax.random.PRNGKey(seed), config), config, out_dir)

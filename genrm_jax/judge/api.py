@@ -27,7 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from genrm_jax import methods
+from genrm_jax.data import pipeline
 from genrm_jax.judge import prompts, verdicts
+from genrm_jax.models import heads
+from genrm_jax.sampling import Continuation, Engine, SamplingParams
 
 METHODS = tuple(methods.JUDGES)  # cot, genrm (a language model judges), bt, pairrm (a reward head)
 POSITIONS = ("fixed", "swap", "both")
@@ -154,13 +157,10 @@ class Judge:
     cot / genrm need an `engine` (genrm_jax.sampling.Engine, built from the model when omitted); bt / pairrm
     need the reward `head` (genrm_jax.models.heads) and read the model's params directly.
     """
-
     def __init__(self, model, config: JudgeConfig = JudgeConfig(), *, engine=None, head=None):
         self.model, self.config, self.head = model, config, head
         if config.method in ("cot", "genrm"):
             if engine is None:
-                from genrm_jax.sampling import Engine
-
                 engine = Engine(model)
             self.engine = engine
         elif head is None:
@@ -287,8 +287,6 @@ class Judge:
         return ids, judged, skipped, truncated
 
     def _cot(self, conversations, answers_a, answers_b, swapped, progress, hints=None, rubrics=None):
-        from genrm_jax.sampling import SamplingParams
-
         cfg = self.config
         ids, judged, skipped, truncated = self._shown(prompts.PAIRWISE[cfg.prompt], conversations, answers_a,
                                                       answers_b, swapped, hints, rubrics)
@@ -362,7 +360,6 @@ class Judge:
 
     def _head(self, conversations, answers_a, answers_b, swapped, progress):
         """bt / pairrm: the head's logit of the caller's A beating B, averaged over the orders shown."""
-        from genrm_jax.data import pipeline
 
         cfg, tok = self.config, self.model.tokenizer
         n, orders = swapped.shape
@@ -407,8 +404,6 @@ def _verdict_tokens(tokenizer, completion, style: str) -> tuple[str, list[int]]:
 def forced_continuation(tokenizer, style: str, label_tokens):
     """The `sampling.Continuation` of forced verdicts: `generate(..., then=...)` scores each judgment's
     rationale + verdict prefix from the row's KV cache, and `forced` reads the result."""
-    from genrm_jax.sampling import Continuation
-
     return Continuation(lambda c: _verdict_tokens(tokenizer, c, style)[1], tuple(t[-1] for t in label_tokens))
 
 
@@ -476,7 +471,6 @@ def _single_token(tokenizer, text: str) -> int:
 def _jitted_reward():
     import jax
 
-    from genrm_jax.models import heads
 
     return jax.jit(heads.scalar_reward, static_argnums=(4,))
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from genrm_jax import config_util
 from genrm_jax.judge import api, prompts, verdicts
+from genrm_jax.sampling import Engine, SamplingParams
 
 SCORES = (1, 2, 3, 4, 5)
 STYLE = "result"
@@ -70,12 +71,9 @@ def builder(item: dict):
 
 class PointwiseJudge:
     """Scores responses 1-5 with a model's `pointwise` prompt; `engine`: genrm_jax.sampling.Engine."""
-
     def __init__(self, model, config: PointwiseConfig = PointwiseConfig(), *, engine=None):
         self.model, self.config = model, config
         if engine is None:
-            from genrm_jax.sampling import Engine
-
             engine = Engine(model)
         self.engine = engine
         self._labels = api.verdict_label_tokens(model.tokenizer, STYLE)
@@ -101,7 +99,6 @@ class PointwiseJudge:
     def score(self, items: Sequence[dict], *, progress: bool = False) -> list[dict]:
         """Per item: {"skipped": reason or None, "truncated", "conversation" (as fitted), "judgments": [{"sample",
         "text" (rationale and score), "score" (1-5 or None), "dist" ([5] or None), "expected" (or None)}]}."""
-        from genrm_jax.sampling import SamplingParams
 
         cfg = self.config
         fitted = [self.fit(it) for it in items]
@@ -145,7 +142,6 @@ def consensus(scores: Sequence[int | None]) -> float | None:
 
 class Ranker:
     """A pairwise judge made of a pointwise one (see the module docstring); `compare` returns api.Judgment."""
-
     def __init__(self, judge: PointwiseJudge):
         self.judge, self.config = judge, judge.config
 

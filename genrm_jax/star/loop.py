@@ -3,7 +3,7 @@
     the training pairs are split into `star.parts` disjoint parts (seeded); iteration t
       1. samples `star.samples` judgments per pair of part t from the current judge, half in each answer order
          (temperature 1.0, top-p 0.95 by default): <workdir>/samples/iter_<t>.jsonl;
-      2. selects training records from them (star/select.py, pure): <workdir>/train/iter_<t>.jsonl;
+      2. selects training records from them (star/selection.py, pure): <workdir>/train/iter_<t>.jsonl;
       3. fine-tunes from the current weights (finetune.fit; DPO's reference = the model at the start of the
          iteration): <workdir>/train/iter_<t>/ (checkpoints, metrics);
       4. evaluates the new judge on the held-out sets (stage eval_<t>),
@@ -21,8 +21,8 @@ import dataclasses
 from genrm_jax import config_util, finetune, losses, methods, report, runs
 from genrm_jax.data import splits
 from genrm_jax.judge import api, benchmark
-from genrm_jax.star import sample as sampling
-from genrm_jax.star import select
+from genrm_jax.star import judgments as sampling
+from genrm_jax.star import selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,25 +57,25 @@ class StarConfig:
                                  "pairs need two judgments of the same prompt in each order")
 
 
-# Each STaR method's records from its (plain, hinted) judgment lines (star/select.py, pure).
+# Each STaR method's records from its (plain, hinted) judgment lines (star/selection.py, pure).
 @methods.register_records("star_sft")
 def _star_sft(plain, hinted):
-    return select.star_sft(plain)
+    return selection.star_sft(plain)
 
 
 @methods.register_records("star_dpo")
 def _star_dpo(plain, hinted):
-    return select.star_dpo(plain)
+    return selection.star_dpo(plain)
 
 
 @methods.register_records("rationalized")
 def _rationalized(plain, hinted):
-    return select.rationalized(hinted)
+    return selection.rationalized(hinted)
 
 
 @methods.register_records("rationalized_pairs")
 def _rationalized_pairs(plain, hinted):
-    return select.rationalized_pairs(hinted, plain)
+    return selection.rationalized_pairs(hinted, plain)
 
 
 def sampling_judge(model, engine, star: StarConfig, judge_cfg: api.JudgeConfig, seed: int) -> api.Judge:

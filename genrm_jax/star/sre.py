@@ -7,14 +7,14 @@
           multi-task SFT on both (`seed_mode="multitask"`);
     iteration t: the current judge writes `samples` judgments per input of part t (temperature 1.0), pointwise
           (each answer under its rubric) and pairwise (half in each answer order); preference pairs are selected
-          (star/select.py `sre_pairs`: correct-answer with a margin, majority vote, or a meta-judge's ranking) and
+          (star/selection.py `sre_pairs`: correct-answer with a margin, majority vote, or a meta-judge's ranking) and
           DPO trains the judge from its current weights, the reference being the judge at the start of t;
     baselines: self-consistency (J_SFT, majority over `consistency_samples` judgments) and best-of-N rejection
           sampling SFT (J_SFT's first correct judgment per input of iteration 1's samples, SFT from J_SFT).
     Every judge is evaluated on the held-out sets as a pairwise judge and as a pointwise one ranking the two
     answers by score (ties 0.5), plus exact / MAE / Pearson on a gold-scored pointwise set when there is one.
 
-Offline, with only preference pairs (HH-RLHF), the pointwise task is built from pairs (star/sample.py): each
+Offline, with only preference pairs (HH-RLHF), the pointwise task is built from pairs (star/judgments.py): each
 answer is judged under the rubric of its pair's category, and a pair of scores is correct when it orders the two
 answers as the human label does. Outputs follow the STaR loop's run directory: samples/, train/, eval/, export/.
 """
@@ -30,8 +30,8 @@ from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from genrm_jax.io import load_model
 from genrm_jax.judge import api, benchmark, pointwise, prompts
 from genrm_jax.sampling import Engine
-from genrm_jax.star import sample as sampling
-from genrm_jax.star import select
+from genrm_jax.star import judgments as sampling
+from genrm_jax.star import selection
 
 TASKS = ("pointwise", "pairwise")
 BASELINES = ("self_consistency", "best_of_n")
@@ -46,7 +46,7 @@ class SreConfig:
     seed_samples: int = 2             # hinted rationales per input for J_SFT
     seed_mode: str = "merge"          # "merge": two SFT judges merged with `alpha`; "multitask": one SFT on both
     alpha: float = 0.5                # weight of the pointwise judge in the merge
-    selection: str = "correct"        # select.SRE_SELECTIONS
+    selection: str = "correct"        # selection.SRE_SELECTIONS
     margin: int = 0                   # "correct": least score distance between chosen and rejected (pointwise)
     pairs_per_input: int = 2          # DPO pairs per prompt at most
     meta_judge: str = ""              # "meta" selection: a model name or path ("" = the current judge itself)
@@ -78,8 +78,8 @@ class SreConfig:
             bad("seed_mode", "'merge' needs both tasks (config.sre.tasks); use 'multitask' with one")
         if not 0.0 <= self.alpha <= 1.0:
             bad("alpha", "expected a weight in [0, 1]")
-        if self.selection not in select.SRE_SELECTIONS:
-            bad("selection", f"expected one of {select.SRE_SELECTIONS}")
+        if self.selection not in selection.SRE_SELECTIONS:
+            bad("selection", f"expected one of {selection.SRE_SELECTIONS}")
         if self.margin < 0 or self.pairs_per_input < 1:
             bad("margin" if self.margin < 0 else "pairs_per_input", "expected margin >= 0, pairs_per_input >= 1")
         if any(b not in BASELINES for b in self.baselines):
@@ -200,7 +200,7 @@ def seed_records(task: str, lines: list[dict], records: list[dict]) -> list[dict
     else the hinted judgments that came out correct."""
     if _has_feedback(task, records):
         return _feedback_records(task, lines, records)
-    return select.correct_sft(select.groups(lines))
+    return selection.correct_sft(selection.groups(lines))
 
 
 def _has_feedback(task: str, records: list[dict]) -> bool:
@@ -211,7 +211,7 @@ def _has_feedback(task: str, records: list[dict]) -> bool:
 def _feedback_records(task, lines, records):
     by_id = {sampling.pair_key(r): r for r in records}
     out = []
-    for g in select.groups(lines):
+    for g in selection.groups(lines):
         line_id = g["id"].rsplit("/", 1)[0]
         r = by_id[line_id]
         if task == "pointwise":
@@ -277,11 +277,11 @@ def iteration_pairs(run, judges: Judges, t: int, inputs: dict, progress) -> tupl
         lines_by_task[task] = lines
         if sre.selection == "meta":
             lines = with_ratings(lines, rated(run, judges, t, task, lines, progress))
-        groups = select.groups(lines)
-        made, counts = select.sre_pairs(groups, sre.selection, margin=sre.margin, max_pairs=sre.pairs_per_input)
+        groups = selection.groups(lines)
+        made, counts = selection.sre_pairs(groups, sre.selection, margin=sre.margin, max_pairs=sre.pairs_per_input)
         records += made
         # what the other label-free / label-based pairings would have made from the same judgments
-        others = {m: select.sre_pairs(groups, m, margin=sre.margin, max_pairs=sre.pairs_per_input)[1]
+        others = {m: selection.sre_pairs(groups, m, margin=sre.margin, max_pairs=sre.pairs_per_input)[1]
                   for m in ("correct", "majority") if m != sre.selection}
         info[task] = {**summary(task, lines), **counts, "other_selections": others}
     return records, info, lines_by_task
@@ -368,7 +368,7 @@ def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, 
         rows += [dict(r, method=f"SRE iteration {t}", **cols)
                  for r in ev(f"eval_iter_{t}", bias_cfg=eval_cfg if last else None)]
     if "best_of_n" in sre.baselines and first_lines:
-        bon = [r for task in sre.tasks for r in select.best_of_n(select.groups(first_lines[task]))]
+        bon = [r for task in sre.tasks for r in selection.best_of_n(selection.groups(first_lines[task]))]
         if bon:
             if run.main:
                 runs.write_jsonl(run.path("train", "best_of_n.jsonl"), bon)
@@ -394,7 +394,7 @@ COLUMNS = ("method", "judge", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}
            "gold/exact", "gold/mae", "gold/pearson", "training_records", "train_steps")
 
 
-methods.register_records("sre_pairs")(select.sre_pairs)
+methods.register_records("sre_pairs")(selection.sre_pairs)
 
 
 class _Part:

@@ -1,4 +1,4 @@
-"""Training records from judgment lines (star/sample.py): pure functions, samples in, records out.
+"""Training records from judgment lines (star/judgments.py): pure functions, samples in, records out.
 
 - `star_sft`: every correct judgment -> SFT on rationale + verdict (the prompt the judge saw, un-hinted).
 - `star_dpo`: per (pair, order), correct judgments paired one-to-one with incorrect ones (an invalid verdict
