@@ -128,7 +128,7 @@ def test_unknown_config_key_is_one_line_and_status_2(tmp_path):
     r = _run("--workdir", str(tmp_path), "--config=experiments/configs/llm_judge.py:genrm", "--config.eval.nope=2")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip() == ("error: --config.eval.nope: no such config field; known fields of config.eval: "
-                                "dataset, format, ks, limit, path, per_subset")
+                                "bias, bias_attack_pairs, bias_pairs, dataset, format, ks, limit, path, per_subset")
 
 
 def test_bad_method_fails_before_the_model_loads(tmp_path):

@@ -4,7 +4,7 @@ r"""The ablation: every method on one preset, then one table (python -m experime
       [--config.x=...]
 
 Fields:
-  preset        the preset every sub-run uses: smoke, default, small, paper (experiments/configs/presets.py)
+  preset        the preset every sub-run uses: smoke, default, small, paper, learn (experiments/configs/presets.py)
   methods       comma list of experiments (experiments/<m>.py with experiments/configs/<m>.py), run in this order
   overrides     extra `--config.x=y` flags passed to every sub-run, e.g. for paper
                 "--config.model=/data/Llama-3.1-8B-Instruct --config.data.train_path=/data/ultrafeedback.jsonl"

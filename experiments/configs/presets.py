@@ -8,10 +8,12 @@ otherwise (`group`): a default is written once, in the dataclass, and a preset l
 
   smoke    the tiny random model ("tiny-random"), a dozen pairs: seconds, for tests
   default  the embedded SmolLM2-135M-Instruct, HH-RLHF train / held-out, a stratified RewardBench sample,
-           sized so that `make run` (STaR-DPO) finishes in about 20 minutes on a 2-core CPU
+           sized so that `make run` (STaR-DPO) finishes in minutes on a 2-core CPU
   small    the same model at the scale where the ablation can say something: hours on this CPU, minutes on a GPU
   paper    Llama-3.1-8B-Instruct by local path and UltraFeedback / UltraInteract files by path (set
            --config.model and --config.data.train_path), 3 iterations, 32 samples, lr 1e-6, DPO beta 1.0, maj@32
+  learn    the default preset's groups on verifiable arithmetic / ordering pairs (data/verifiable.py), evaluated
+           in distribution and on shifted ranges (experiments/configs/learn.py, docs/learning.md)
 """
 import dataclasses
 import typing
