@@ -512,6 +512,7 @@ def test_kill_during_training_then_resume_matches_uninterrupted(reference, env, 
     shutil.copytree(reference / "samples", workdir / "samples")
     os.makedirs(workdir / "stages")
     shutil.copy(reference / "stages" / "eval_0.json", workdir / "stages" / "eval_0.json")
+    shutil.copytree(reference / "eval" / "eval_0", workdir / "eval" / "eval_0")  # its per-pair judgments
 
     def mid_training():
         try:
