@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
+# one pytest worker per core; a test file stays on one worker so its module fixtures are built once
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: run test bench clean-venv
 
@@ -18,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/python -m experiments.star_dpo --workdir runs/star_dpo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile tests
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench_sampling --json

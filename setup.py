@@ -31,8 +31,9 @@ setup(
     ],
     extras_require={
         # torch is only a reference for parity tests and benchmarks; 2.13.0 is the local CPU wheel.
-        # accelerate: transformers' own GGUF loader; the serve extra: tests start a real server
-        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0", *SERVE],
+        # accelerate: transformers' own GGUF loader; the serve extra: tests start a real server;
+        # pytest-xdist: `make test` runs one worker per core (the suite is mostly compile-bound, single-threaded)
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "accelerate>=1.0", *SERVE],
         "serve": SERVE,
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

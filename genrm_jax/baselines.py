@@ -117,11 +117,14 @@ class _Part:
         c, method = setup.c, setup.method
         if method.name != "cot_genrm":
             return None
-        if setup.judge.prompt != "judge":  # rationales (read or sampled) are written for the judge prompt
-            raise benchmark.ConfigError(f"config.judge.prompt: cot_genrm trains on the 'judge' prompt, got "
-                                        f"{setup.judge.prompt!r}")
         if c.data.rationales_path:
+            if setup.judge.prompt != "judge":  # a file's rationales are written for the judge prompt
+                raise benchmark.ConfigError(f"config.judge.prompt: cot_genrm trains a rationale file on the 'judge' "
+                                            f"prompt, got {setup.judge.prompt!r}")
             return {"rationales": read_rationales(c.data.rationales_path)}
+        if setup.judge.prompt not in prompts.HINTED:  # sampled rationales need the prompt's hinted form
+            raise benchmark.ConfigError(f"config.judge.prompt: cot_genrm samples rationales with one of "
+                                        f"{', '.join(prompts.HINTED)}, got {setup.judge.prompt!r}")
         return {"star": rationale_sampling(c)}
 
     @staticmethod

@@ -314,3 +314,23 @@ def test_judges_force_verdicts_without_a_second_prefill(long_model):
         for x, y in zip(a["judgments"], b["judgments"]):
             assert x["text"] == y["text"] and x["score"] == y["score"]
             np.testing.assert_allclose(x["dist"], y["dist"], atol=1e-4, rtol=0)
+
+
+def test_verify_prompt_and_its_hinted_form(model):
+    """`verify` (the learn preset's short prompt) shows question and both answers; its hinted form names the
+    winner; the judge builds the hinted form for hints, and a prompt with no hinted form is refused."""
+    body = prompts.verify(CONV, "41", "31")[1]["content"]
+    assert body.endswith("[Answer A]\n41\n\n[Answer B]\n31") and CONV[-1]["content"] in body
+    assert "[[A]]" in prompts.VERIFY_SYSTEM and "[[B]]" in prompts.VERIFY_SYSTEM
+    hinted = prompts.verify_hinted(CONV, "41", "31", "B")
+    assert hinted[1]["content"].startswith(body) and 'end with "[[B]]"' in hinted[1]["content"]
+    assert hinted[0] == prompts.verify(CONV, "41", "31")[0]
+    with pytest.raises(ValueError, match="winner"):
+        prompts.verify_hinted(CONV, "a", "b", "C")
+    judge = api.Judge(model, api.JudgeConfig(prompt="verify", verdict="force"), engine=object())
+    assert judge.builder(hint="A")(CONV, "x", "y") == prompts.verify_hinted(CONV, "x", "y", "A")
+    assert judge.builder()(CONV, "x", "y") == prompts.verify(CONV, "x", "y")
+    assert api.Judge(model, api.JudgeConfig(), engine=object()).builder(hint="B")(CONV, "x", "y") == \
+        prompts.rationalizer(CONV, "x", "y", "B")
+    with pytest.raises(ValueError, match="no hinted form"):
+        api.Judge(model, api.JudgeConfig(prompt="genrm"), engine=object()).builder(hint="A")

@@ -77,6 +77,9 @@ def test_messages_are_the_unhinted_judge_prompt_in_each_order():
     assert selection.messages(line, 0) == prompts.judge(line["conversation"], line["chosen"], line["rejected"])
     assert selection.messages(line, 1) == prompts.judge(line["conversation"], line["rejected"], line["chosen"])
     assert selection.messages(line, 0) != selection.messages(line, 1)
+    # a line sampled with another brackets prompt trains on that prompt
+    assert selection.messages({**line, "prompt": "verify"}, 1) == prompts.verify(line["conversation"],
+                                                                                 line["rejected"], line["chosen"])
     for order, winner in ((0, "A"), (1, "B")):
         hinted = prompts.rationalizer(line["conversation"], *(
             (line["chosen"], line["rejected"]) if order == 0 else (line["rejected"], line["chosen"])), winner)

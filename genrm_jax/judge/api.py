@@ -252,8 +252,11 @@ class Judge:
         if hint is not None:
             if name == "pairwise":
                 kwargs["winner"] = hint
-            else:  # the judge prompt's hinted form is the Rationalizer prompt
-                return functools.partial(prompts.rationalizer, winner=hint)
+            elif name in prompts.HINTED:  # the judge prompt's hinted form is the Rationalizer prompt
+                return functools.partial(prompts.HINTED[name], winner=hint)
+            else:
+                raise ValueError(f"prompt {name!r} has no hinted form (hints need one of "
+                                 f"{', '.join(prompts.HINTED)} or 'pairwise')")
         return functools.partial(prompts.PAIRWISE[name], **kwargs) if kwargs else prompts.PAIRWISE[name]
 
     def _shown(self, builder, conversations, answers_a, answers_b, swapped, hints=None, rubrics=None):

@@ -7,6 +7,9 @@ generation prompt appended, so the judge's reply starts exactly where sampling (
 - `rationalizer`: the same task with the true label given: explain why the better answer is better and end
   with its verdict (STaR rationalization for examples the judge got wrong).
 - `genrm`: GenRM without reasoning: reply with the bare letter `A` or `B`.
+- `verify`: `judge` for questions with one correct answer (the verifiable pairs of genrm_jax/data/verifiable.py):
+  work the answer out in a line, then `[[A]]` or `[[B]]`. A fifth of `judge`'s tokens, which is most of what an
+  evaluation costs at 135M (the `learn` preset); its hinted form is `verify_hinted`.
 - `pointwise`, `pairwise`, `meta_judge`: Self-Rationalization (Trivedi et al., 2024) style: feedback against a
   5-point rubric ending in `[RESULT] 1-5`, a pairwise choice ending in `[RESULT] 1` or `[RESULT] 2`, and a
   judgment of a judgment rated 1-5.
@@ -51,6 +54,14 @@ RATIONALIZER_TASK = (
     "{loser}, comparing the two responses as an impartial judge would, without mentioning that you were told "
     "which one is better. End with the final verdict \"[[{winner}]]\"."
 )
+
+VERIFY_SYSTEM = (
+    "You check answers. Work out the correct answer to the question in one short line, then give the verdict: "
+    "\"[[A]]\" if answer A is correct, \"[[B]]\" if answer B is correct."
+)
+
+VERIFY_HINT = ("\n\nAnswer {winner} is correct. Work out the answer in one short line that shows why, without "
+               "saying you were told, and end with \"[[{winner}]]\".")
 
 POINTWISE_TASK = (
     "###Task Description:\n"
@@ -123,6 +134,19 @@ def rationalizer(conversation: list[dict], answer_a: str, answer_b: str, winner:
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
 
 
+def verify(conversation: list[dict], answer_a: str, answer_b: str) -> list[dict]:
+    body = f"{conversation_block(conversation)}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}"
+    return [{"role": "system", "content": VERIFY_SYSTEM}, {"role": "user", "content": body}]
+
+
+def verify_hinted(conversation: list[dict], answer_a: str, answer_b: str, winner: str) -> list[dict]:
+    if winner not in ("A", "B"):
+        raise ValueError(f"winner must be 'A' or 'B', got {winner!r}")
+    messages = verify(conversation, answer_a, answer_b)
+    messages[1]["content"] += VERIFY_HINT.format(winner=winner)
+    return messages
+
+
 def genrm(conversation: list[dict], answer_a: str, answer_b: str) -> list[dict]:
     body = f"{conversation_block(conversation)}\n\n{answers_block(answer_a, answer_b)}"
     return [{"role": "system", "content": GENRM_SYSTEM}, {"role": "user", "content": body}]
@@ -170,8 +194,11 @@ def meta_judge(conversation: list[dict], response: str, judgment: str, rubric: s
 
 
 # Pairwise builders by name (all take conversation, answer_a, answer_b); the verdict style each one asks for.
-PAIRWISE = {"judge": judge, "genrm": genrm, "pairwise": pairwise}
-VERDICT_STYLE = {"judge": "brackets", "rationalizer": "brackets", "genrm": "bare", "pairwise": "result_pair",
+PAIRWISE = {"judge": judge, "verify": verify, "genrm": genrm, "pairwise": pairwise}
+# The hinted form of a brackets prompt (STaR rationalization): the same task with the better answer named.
+HINTED = {"judge": rationalizer, "verify": verify_hinted}
+VERDICT_STYLE = {"judge": "brackets", "verify": "brackets", "rationalizer": "brackets", "genrm": "bare",
+                 "pairwise": "result_pair",
                  "pointwise": "result", "meta_judge": "result"}
 
 

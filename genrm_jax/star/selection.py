@@ -19,9 +19,10 @@ from genrm_jax.judge import prompts
 def messages(line: dict, order: int) -> list[dict]:
     """The un-hinted judge prompt of a pair in one order (order 0: chosen shown as A)."""
     a, b = (line["chosen"], line["rejected"]) if order == 0 else (line["rejected"], line["chosen"])
-    if line.get("prompt") == "pairwise":
+    name = line.get("prompt") or "judge"
+    if name == "pairwise":
         return prompts.pairwise(line["conversation"], a, b, line["rubric"])
-    return prompts.judge(line["conversation"], a, b)
+    return prompts.PAIRWISE[name](line["conversation"], a, b)
 
 
 def _by_order(line: dict):
