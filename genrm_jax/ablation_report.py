@@ -9,7 +9,7 @@ grouped bar plot of the paper's Figure 2.
 
 A row (strict JSON): {"method", "kind" ("zero-shot" | "trained"), "run" (the run directory's name), "stage"
 (the evaluation it shows), "status" ("ok" or why there is no result), "sets": {set: {"n", "accuracy", "ci95",
-"invalid_rate", "position_consistency", "maj@1", "maj@k", "k", "sections": {Chat, Chat Hard, Safety,
+"verdict_accuracy", "invalid_rate", "position_consistency", "maj@1", "maj@k", "k", "sections": {Chat, Chat Hard, Safety,
 Reasoning, Score}}}}; a value that does not exist for the judge (maj@k of a single-judgment judge) is null.
 """
 from __future__ import annotations
@@ -69,6 +69,7 @@ def _set_cell(name: str, row: dict, stage_report: dict | None) -> dict:
     ci = row.get(f"{name}/ci95")
     cell = {"n": (stage_report or {}).get("n"), "accuracy": row.get(f"{name}/accuracy"),
             "ci95": list(ci) if isinstance(ci, (list, tuple)) else None,
+            "verdict_accuracy": row.get(f"{name}/verdict_accuracy"),
             "invalid_rate": row.get(f"{name}/invalid_rate"),
             "position_consistency": row.get(f"{name}/position_consistency"),
             "maj@1": None, "maj@k": None, "k": None,
@@ -127,10 +128,12 @@ def rows(loaded: dict[str, dict | None], methods: Sequence[str], *,
 def compare(workdir: str, rows_: list[dict], against: Sequence[str] = ("zero-shot", "bt_rm")) -> list[dict]:
     """`rows_` with, in each set of each row, `vs_<other>`: the accuracy difference against the first zero-shot row
     and against the bt_rm row on the same pairs, with a paired bootstrap 95% interval and an exact McNemar p-value
-    (evaluation.compare_judgments), read from the runs' per-pair judgments (<run>/eval/<stage>/)."""
-    def judgments(row, name):
+    (evaluation.compare_judgments), read from the runs' per-pair judgments (<run>/eval/<stage>/); and
+    `verdict_vs_<other>`, the same on verdict scores."""
+    def judgments(row, name, verdicts=False):
         path = os.path.join(workdir, row["run"], "eval", str(row["stage"]), f"judgments-{name}.jsonl")
-        return evaluation.read_judgments(path) if row["status"] == "ok" and os.path.exists(path) else None
+        ok = row["status"] == "ok" and os.path.exists(path)
+        return evaluation.read_judgments(path, verdicts=verdicts) if ok else None
 
     refs = {}
     for key in against:
@@ -145,6 +148,8 @@ def compare(workdir: str, rows_: list[dict], against: Sequence[str] = ("zero-sho
                 theirs = judgments(ref, name) if ref is not row else None
                 if mine and theirs:
                     cell[f"vs_{key}"] = evaluation.compare_judgments(mine, theirs, n_boot=2000)
+                    cell[f"verdict_vs_{key}"] = evaluation.compare_judgments(
+                        judgments(row, name, True), judgments(ref, name, True), n_boot=2000, verdicts=True)
     return rows_
 
 
@@ -193,9 +198,9 @@ def _majk(cell: dict) -> str | None:
     return None if cell.get("maj@k") is None else f"{_num(cell['maj@k'])} (k={cell['k']})"
 
 
-def _vs(cell: dict, key: str) -> str | None:
+def _vs(cell: dict, key: str, prefix: str = "") -> str | None:
     """A paired comparison cell: difference [95% CI] p, ** when significant at 0.01."""
-    v = cell.get(f"vs_{key}")
+    v = cell.get(f"{prefix}vs_{key}")
     if not v:
         return None
     lo, hi = v["ci95"]
@@ -217,10 +222,13 @@ def columns(rows_: Sequence[dict] = ()) -> list:
             ("eval", lambda r: r["stage"] and f"{r['run']}/{r['stage']}")]
     for n in others:
         cols += [(f"{n} acc [95% CI]", at(n, _acc_ci)), (f"{n} vs zero-shot", at(n, lambda c: _vs(c, "zero-shot"))),
-                 (f"{n} vs bt_rm", at(n, lambda c: _vs(c, "bt_rm")))]
+                 (f"{n} vs bt_rm", at(n, lambda c: _vs(c, "bt_rm"))),
+                 (f"{n} verdict acc", at(n, lambda c: _opt(c.get("verdict_accuracy")))),
+                 (f"{n} verdict vs zero-shot", at(n, lambda c: _vs(c, "zero-shot", "verdict_")))]
     cols += [("in-distribution acc [95% CI]", at(idn, _acc_ci)),
              ("ID maj@1", at(idn, lambda c: _opt(c["maj@1"]))),
              ("ID maj@k", at(idn, _majk)),
+             ("ID verdict acc", at(idn, lambda c: _opt(c.get("verdict_accuracy")))),
              ("ID invalid", at(idn, lambda c: _opt(c["invalid_rate"]))),
              ("ID vs zero-shot", at(idn, lambda c: _vs(c, "zero-shot"))),
              ("ID vs bt_rm", at(idn, lambda c: _vs(c, "bt_rm"))),
@@ -257,6 +265,8 @@ def footnotes(rows_: list[dict], *, preset: str, model: str | None, eval_pairs: 
                  "counts, Score = the mean of the sections.")
     notes.append("maj@k: expected accuracy of a majority vote over k sampled judgments (sampling judges only; "
                  "n/a for single-judgment and reward-head methods). invalid: share of judgments without a verdict.")
+    notes.append("acc: P(chosen) averaged over both answer orders, above 1/2; verdict acc: each verdict counted (a "
+                 "pair whose verdict follows the position, not the answers, scores 1/2), RewardBench's rule.")
     return notes
 
 

@@ -1,6 +1,6 @@
 """Is judge A better than judge B? Compare two evaluations of the same pairs from their per-pair judgments.
 
-    python -m genrm_jax.compare RUN_A RUN_B [--set NAME] [--json]
+    python -m genrm_jax.compare RUN_A RUN_B [--set NAME] [--verdicts] [--json]
 
 RUN_A and RUN_B each name one evaluation:
 - a run directory of a training experiment: its last evaluation stage (<dir>/eval/eval_<N>/, highest N);
@@ -12,6 +12,7 @@ whatever their names. Pairs are matched by subset and id; pairs only one side ju
 
 For each set: both accuracies, the difference A - B with a paired bootstrap 95% interval, the discordant pairs
 and the exact McNemar p-value (evaluation.paired_comparison), printed as a table or, with --json, as JSON.
+--verdicts compares verdict scores (each verdict counted; evaluation.verdict_scores) instead of P(chosen).
 """
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def judgment_files(spec: str) -> dict[str, str]:
     return files
 
 
-def compare(spec_a: str, spec_b: str, *, set_name: str | None = None, n_boot: int = 10_000, seed: int = 0
-            ) -> dict[str, dict]:
+def compare(spec_a: str, spec_b: str, *, set_name: str | None = None, n_boot: int = 10_000, seed: int = 0,
+            verdicts: bool = False) -> dict[str, dict]:
     """{set: evaluation.compare_judgments(A, B) plus the two files} for the sets both evaluations share."""
     fa, fb = judgment_files(spec_a), judgment_files(spec_b)
     if set_name is not None:
@@ -74,8 +75,10 @@ def compare(spec_a: str, spec_b: str, *, set_name: str | None = None, n_boot: in
         if not pairs:
             raise ValueError(f"no set in common: {spec_a} has {', '.join(fa)}; {spec_b} has {', '.join(fb)} "
                              f"(choose one with --set)")
-    return {name: {**evaluation.compare_judgments(evaluation.read_judgments(pa), evaluation.read_judgments(pb),
-                                                   n_boot=n_boot, seed=seed), "file_a": pa, "file_b": pb}
+    return {name: {**evaluation.compare_judgments(evaluation.read_judgments(pa, verdicts=verdicts),
+                                                   evaluation.read_judgments(pb, verdicts=verdicts),
+                                                   n_boot=n_boot, seed=seed, verdicts=verdicts),
+                   "file_a": pa, "file_b": pb}
             for name, pa, pb in pairs}
 
 
@@ -99,12 +102,14 @@ def main(argv=None) -> int:
     ap.add_argument("run_a", help="run directory, DIR:STAGE, directory of judgment files, or judgments file")
     ap.add_argument("run_b", help="the same for judge B")
     ap.add_argument("--set", dest="set_name", default=None, help="compare only this evaluation set")
+    ap.add_argument("--verdicts", action="store_true", help="compare verdict scores (each verdict counted)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = ap.parse_args(argv)
     try:
-        results = compare(args.run_a, args.run_b, set_name=args.set_name, n_boot=args.n_boot, seed=args.seed)
+        results = compare(args.run_a, args.run_b, set_name=args.set_name, n_boot=args.n_boot, seed=args.seed,
+                          verdicts=args.verdicts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,11 @@
 
 Conventions: a vote is 1 (chosen judged better), 0 (rejected judged better) or -1 (no verdict). An example's
 score is 1 / 0 when the judge's P(chosen) is above / below 1/2 and `invalid_score` (RewardBench: 0.5, a tie)
-when it is exactly 1/2, which is what an invalid or split judgment gives.
+when it is exactly 1/2, which is what an invalid or split judgment gives. Its *verdict score* is the mean of its
+votes (an invalid vote counts `invalid_score`): a pair judged in both orders whose verdict follows the position,
+not the answers, scores 1/2 — RewardBench's rule for generative judges (a disagreement across orders is a tie).
+The two differ for a position-locked judge: P(chosen) averaged over the orders is then 1/2 plus a margin of a
+few thousandths, whose sign decides the accuracy while every verdict is a tie (docs/learning.md).
 
 Reports are strict JSON: a value that is undefined (the confidence interval of a single example) is None and is
 written as null, never as NaN.
@@ -49,6 +53,12 @@ Z95 = 1.959963984540054
 def example_scores(p_chosen: np.ndarray, invalid_score: float = 0.5) -> np.ndarray:
     p = np.asarray(p_chosen, np.float64)
     return np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, invalid_score))
+
+
+def verdict_scores(votes: np.ndarray, invalid_score: float = 0.5) -> np.ndarray:
+    """Per-example mean of its votes ([N, ...] of 1/0/-1; -1 counts `invalid_score`): [N] in [0, 1]."""
+    v = np.asarray(votes).reshape(len(votes), -1)
+    return np.where(v == -1, invalid_score, v).astype(np.float64).mean(1)
 
 
 def accuracy_by(scores: np.ndarray, keys: Sequence[str]) -> dict[str, dict]:
@@ -165,6 +175,7 @@ def dataset_report(records: Sequence[dict], p_chosen: np.ndarray, votes: np.ndar
     report = {
         "accuracy": float(scores.mean()),
         "accuracy_ci95": [ci["lo"], ci["hi"]] if len(scores) > 1 else None,
+        "verdict_accuracy": float(verdict_scores(votes, invalid_score).mean()),
         "n": len(records),
         "invalid_rate": invalid_rate(votes),
         "subsets": subsets,
@@ -194,6 +205,8 @@ def markdown(reports: dict[str, dict], meta: dict | None = None) -> str:
     for name, rep in reports.items():
         ci = rep.get("accuracy_ci95")
         extras = [f"invalid rate {_num(rep['invalid_rate'])}"]
+        if rep.get("verdict_accuracy") is not None:
+            extras.insert(0, f"verdict accuracy {_num(rep['verdict_accuracy'])}")
         if "position_consistency" in rep:
             extras.append(f"position consistency {_num(rep['position_consistency'])}")
         if rep.get("first_position_rate") is not None:
@@ -348,9 +361,11 @@ def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, *, n_boot: int
             "mcnemar_p": p, "significant": bool(p < SIGNIFICANCE_LEVEL)}
 
 
-def read_judgments(path: str) -> dict[str, float]:
+def read_judgments(path: str, *, verdicts: bool = False, invalid_score: float = 0.5) -> dict[str, float]:
     """{"<subset>/<id>": p_chosen} from a per-pair judgments file (judge/benchmark.evaluate's `judgments_path`:
-    one JSON line per pair with `id`, `subset`, `p_chosen`). A line without them raises naming file and line."""
+    one JSON line per pair with `id`, `subset`, `p_chosen`, `votes_chosen`); with `verdicts`, the pair's verdict
+    score (`verdict_scores` of its votes) instead. A line without them raises naming file and line."""
+    field = "votes_chosen" if verdicts else "p_chosen"
     out = {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -358,9 +373,11 @@ def read_judgments(path: str) -> dict[str, float]:
                 continue
             try:
                 row = json.loads(line)
-                key, p = f"{row['subset']}/{row['id']}", row["p_chosen"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a judgment line with id, subset and p_chosen ({e})") from None
+                key, p = f"{row['subset']}/{row['id']}", row[field]
+                if verdicts:
+                    p = float(verdict_scores(np.asarray([p]), invalid_score)[0])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{lineno}: not a judgment line with id, subset and {field} ({e})") from None
             if key in out:
                 raise ValueError(f"{path}:{lineno}: pair {key} judged twice")
             out[key] = float(p) if p is not None else 0.5
@@ -368,13 +385,15 @@ def read_judgments(path: str) -> dict[str, float]:
 
 
 def compare_judgments(a: dict[str, float], b: dict[str, float], *, invalid_score: float = 0.5,
-                      n_boot: int = 10_000, seed: int = 0) -> dict:
+                      n_boot: int = 10_000, seed: int = 0, verdicts: bool = False) -> dict:
     """`paired_comparison` of two {pair key: p_chosen} maps over the pairs both judged (in sorted key order), plus
-    "only_a" / "only_b": how many pairs one side has and the other lacks (left out of the comparison)."""
+    "only_a" / "only_b": how many pairs one side has and the other lacks (left out of the comparison). With
+    `verdicts` the maps hold verdict scores (read_judgments(..., verdicts=True)), compared as they are."""
     keys = sorted(set(a) & set(b))
     if not keys:
         raise ValueError(f"no pair in common ({len(a)} and {len(b)} judged pairs): not the same evaluation set")
-    sa = example_scores(np.array([a[k] for k in keys]), invalid_score)
-    sb = example_scores(np.array([b[k] for k in keys]), invalid_score)
+    sa, sb = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+    if not verdicts:
+        sa, sb = example_scores(sa, invalid_score), example_scores(sb, invalid_score)
     return {**paired_comparison(sa, sb, n_boot=n_boot, seed=seed), "only_a": len(set(a) - set(b)),
             "only_b": len(set(b) - set(a))}

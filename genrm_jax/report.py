@@ -68,12 +68,15 @@ def bias_headline(rep: dict | None) -> dict:
 
 
 def headline(reports: dict) -> dict:
-    """The numbers of one evaluation that go in tables: accuracy (= maj@1 when sampled), its CI, RewardBench
-    sections, the largest maj@k, invalid rate and position consistency, per set."""
+    """The numbers of one evaluation that go in tables: accuracy (= maj@1 when sampled), its CI, verdict accuracy
+    (evaluation.verdict_scores), RewardBench sections, the largest maj@k, invalid rate and position consistency,
+    per set."""
     row = {}
     for name, rep in reports.items():
         row[f"{name}/accuracy"] = rep["accuracy"]
         row[f"{name}/ci95"] = rep.get("accuracy_ci95")
+        if rep.get("verdict_accuracy") is not None:
+            row[f"{name}/verdict_accuracy"] = rep["verdict_accuracy"]
         row[f"{name}/invalid_rate"] = rep.get("invalid_rate")
         if "position_consistency" in rep:
             row[f"{name}/position_consistency"] = rep["position_consistency"]
@@ -88,12 +91,14 @@ def headline(reports: dict) -> dict:
 
 ZERO_SHOT_STAGE = "eval_0"  # the untrained judge of the same run: what every later stage is compared against
 VS = "vs_" + ZERO_SHOT_STAGE
+VERDICT_VS = "verdict_" + VS  # the same comparison on verdict scores (each verdict counted, evaluation.py)
 
 
 def significance(run: runs.Run, rows: list[dict], baseline: str = ZERO_SHOT_STAGE) -> list[dict]:
     """`rows` with, for every stage evaluated after `baseline` on the same sets, `<set>/vs_eval_0`: the accuracy
     difference on the same pairs with its paired bootstrap 95% interval and the exact McNemar p-value
-    (evaluation.compare_judgments; `significant` at p < 0.01), read from the per-pair judgments in eval/."""
+    (evaluation.compare_judgments; `significant` at p < 0.01), read from the per-pair judgments in eval/; and
+    `<set>/verdict_vs_eval_0`, the same on verdict scores."""
     base_dir = run.path("eval", baseline)
     if not os.path.isdir(base_dir):
         return rows
@@ -106,9 +111,12 @@ def significance(run: runs.Run, rows: list[dict], baseline: str = ZERO_SHOT_STAG
             for name in sorted(os.listdir(stage_dir)):
                 base = os.path.join(base_dir, name)
                 if name.startswith("judgments-") and name.endswith(".jsonl") and os.path.exists(base):
-                    cmp = evaluation.compare_judgments(evaluation.read_judgments(os.path.join(stage_dir, name)),
-                                                       evaluation.read_judgments(base), n_boot=2000)
-                    row[f"{name[len('judgments-'):-len('.jsonl')]}/{VS}"] = cmp
+                    set_name, path = name[len("judgments-"):-len(".jsonl")], os.path.join(stage_dir, name)
+                    row[f"{set_name}/{VS}"] = evaluation.compare_judgments(
+                        evaluation.read_judgments(path), evaluation.read_judgments(base), n_boot=2000)
+                    row[f"{set_name}/{VERDICT_VS}"] = evaluation.compare_judgments(
+                        evaluation.read_judgments(path, verdicts=True), evaluation.read_judgments(base, verdicts=True),
+                        n_boot=2000, verdicts=True)
         out.append(row)
     return out
 
@@ -128,7 +136,8 @@ def _cell(v) -> str:
 
 
 SHORT = {IN_DISTRIBUTION: "ID", OUT_OF_DISTRIBUTION: "RB"}  # table headers: in-distribution, RewardBench
-SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"{IN_DISTRIBUTION}/position_consistency",
+SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"{IN_DISTRIBUTION}/verdict_accuracy",
+           f"{IN_DISTRIBUTION}/position_consistency",
            f"{OUT_OF_DISTRIBUTION}/accuracy", f"{OUT_OF_DISTRIBUTION}/Chat", f"{OUT_OF_DISTRIBUTION}/Chat Hard",
            f"{OUT_OF_DISTRIBUTION}/Safety", f"{OUT_OF_DISTRIBUTION}/Reasoning", f"{OUT_OF_DISTRIBUTION}/Score",
            f"{IN_DISTRIBUTION}/invalid_rate", "bias/first_win_rate", "bias/flip_rate", "bias/prefers_longer",
@@ -138,7 +147,8 @@ SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"
 
 def _header(column: str) -> str:
     name, _, field = column.partition("/")
-    return f"{SHORT.get(name, name)} {field}".replace("position_consistency", "pos. consistency") if field else name
+    return (f"{SHORT.get(name, name)} {field}".replace("position_consistency", "pos. consistency")
+            .replace("verdict_accuracy", "verdict acc.") if field else name)
 
 
 def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
@@ -149,8 +159,9 @@ def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
         known = {c.partition("/")[0] for c in SUMMARY}
         other_sets = [c for c in present if c.endswith("/accuracy") and c.partition("/")[0] not in known]
         columns = ([c for c in SUMMARY if c in present]
-                   + [c for c in present if c.endswith(f"/{VS}") or c in other_sets
-                      or (c.endswith("/ci95") and c.replace("/ci95", "/accuracy") in other_sets)]
+                   + [c for c in present if c.endswith((f"/{VS}", f"/{VERDICT_VS}")) or c in other_sets
+                      or (c.endswith("/ci95") and c.replace("/ci95", "/accuracy") in other_sets)
+                      or (c.endswith("/verdict_accuracy") and c.replace("/verdict_accuracy", "/accuracy") in other_sets)]
                    + [c for c in present if "/maj@" in c])
     lines = ["| " + " | ".join(_header(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
@@ -168,7 +179,8 @@ def write(run: runs.Run, rows: list[dict], *, title: str, extra: dict | None = N
     text = (f"# {title}\n\n{table(rows, columns)}\n\nID: held-out HH-RLHF pairs (in-distribution, never trained "
             f"on); RB: the RewardBench sample (out of distribution). `{VS}`: accuracy difference against the "
             f"untrained judge of this run on the same pairs, paired bootstrap 95% interval, exact McNemar p-value; "
-            f"** marks p < {evaluation.SIGNIFICANCE_LEVEL}. Every figure is in report.json; the per-pair judgments "
+            f"** marks p < {evaluation.SIGNIFICANCE_LEVEL}. Verdict acc. / `{VERDICT_VS}`: the same with each verdict "
+            f"counted (a pair whose verdict follows the position, not the answers, scores 1/2). Every figure is in report.json; the per-pair judgments "
             f"are in eval/ (python -m genrm_jax.compare RUN_A RUN_B compares two runs).\n")
     runs.write_text_atomic(paths["md"], text)
     if not _plot(rows, paths["png"], title):

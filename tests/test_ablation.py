@@ -106,8 +106,8 @@ def test_significance_against_zero_shot_and_bt_rm_from_the_judgments(tmp_path):
     right on 12 more of 40 pairs than the zero-shot one and on none fewer is significant (McNemar p = 2^-11)."""
     def judged(method, stage, name, right):
         path = os.path.join(tmp_path, method, "eval", stage, f"judgments-{name}.jsonl")
-        runs.write_jsonl(path, [{"id": str(i), "subset": "s", "p_chosen": 0.9 if i in right else 0.1}
-                                for i in range(40)])
+        runs.write_jsonl(path, [{"id": str(i), "subset": "s", "p_chosen": 0.9 if i in right else 0.1,
+                                 "votes_chosen": [[1], [1]] if i in right else [[1], [0]]} for i in range(40)])
 
     _fake_run(tmp_path, "star_dpo", [_row("eval_0", 0.5), _row("eval_1", 0.8), {"stage": "eval_2",
                                                                                  "verifiable-in/accuracy": 0.8}])
@@ -125,11 +125,14 @@ def test_significance_against_zero_shot_and_bt_rm_from_the_judgments(tmp_path):
     vs = rows[1]["sets"]["verifiable-in"]["vs_zero-shot"]
     assert (vs["n"], vs["a_only"], vs["b_only"]) == (40, 12, 0) and abs(vs["difference"] - 0.3) < 1e-12
     assert vs["mcnemar_p"] == 2 * 0.5 ** 12 and vs["significant"]
+    verdict = rows[1]["sets"]["verifiable-in"]["verdict_vs_zero-shot"]  # wrong pairs are position ties: 1/2 each
+    assert (verdict["a_only"], verdict["b_only"]) == (12, 0) and abs(verdict["difference"] - 0.15) < 1e-12
     bt = rows[2]["sets"][ID]
     assert "vs_bt_rm" not in bt and bt["vs_zero-shot"]["difference"] == 0.0 and not bt["vs_zero-shot"]["significant"]
     assert (bt["vs_zero-shot"]["a_only"], bt["vs_zero-shot"]["b_only"]) == (8, 8)
     text = ablation_report.table(rows)
     assert "verifiable-in vs zero-shot" in text.splitlines()[0] and "+0.300" in text and "**" in text
+    assert "verifiable-in verdict vs zero-shot" in text.splitlines()[0] and "+0.150" in text
 
 
 def test_collect_only_and_config_errors(tmp_path):

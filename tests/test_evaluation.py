@@ -226,3 +226,34 @@ def test_compare_command_reads_runs_stages_and_files(tmp_path, capsys):
     with pytest.raises(ValueError, match="judged twice"):
         _write_judgments(other, [0.9, 0.9], ids=[1, 1])
         ev.read_judgments(str(other))
+
+
+def test_verdict_accuracy_sees_a_position_locked_judge_as_a_tie(tmp_path):
+    """A judge that answers by position (first shown wins in both orders) gets P(chosen) averaged over the orders
+    of 1/2 plus a tiny margin; its accuracy follows that margin's sign, its verdict accuracy is exactly 1/2."""
+    from genrm_jax import compare, report
+
+    records = [{"subset": "s", "category": "c", "id": str(i)} for i in range(4)]
+    locked = np.array([[[1], [0]], [[0], [1]], [[1], [0]], [[0], [1]]])  # chosen shown first wins, then loses
+    rep = ev.dataset_report(records, np.array([0.503, 0.502, 0.501, 0.499]), locked)
+    assert rep["accuracy"] == 0.75 and rep["verdict_accuracy"] == 0.5 and rep["position_consistency"] == 0.0
+    both = np.array([[[1, 1], [1, 1]], [[1, 1], [-1, -1]], [[0, 0], [0, 0]], [[1, 0], [1, 1]]])  # k = 2 per order
+    assert ev.verdict_scores(both).tolist() == [1.0, 0.75, 0.0, 0.75]  # right; right + invalid; wrong; 3 of 4
+    assert report.headline({"x": rep})["x/verdict_accuracy"] == 0.5
+
+    run = tmp_path / "run"
+    _write_judgments(run / "eval" / "eval_0" / "judgments-v.jsonl", [0.4] * 20)   # votes [[1]]: every verdict right
+    _write_judgments(run / "eval" / "eval_1" / "judgments-v.jsonl", [0.6] * 20)
+    p_only = compare.compare(f"{run}:eval_1", f"{run}:eval_0")["v"]
+    assert p_only["difference"] == 1.0 and p_only["a_only"] == 20
+    verdicts = compare.compare(f"{run}:eval_1", f"{run}:eval_0", verdicts=True)["v"]
+    assert verdicts["difference"] == 0.0 and verdicts["a_only"] == verdicts["b_only"] == 0
+    lines = (run / "eval" / "eval_1" / "judgments-v.jsonl").read_text().splitlines()
+    lines[3] = lines[3].replace('"votes_chosen": [[1]]', '"votes_chosen": [[0], [-1]]')
+    (run / "eval" / "eval_1" / "judgments-v.jsonl").write_text("\n".join(lines) + "\n")
+    got = ev.read_judgments(str(run / "eval" / "eval_1" / "judgments-v.jsonl"), verdicts=True)
+    assert got["s/3"] == 0.25 and got["s/0"] == 1.0
+    with pytest.raises(ValueError, match=r"judgments-v.jsonl:2: .*votes_chosen"):
+        lines[1] = lines[1].replace('"votes_chosen"', '"votes"')
+        (run / "eval" / "eval_1" / "judgments-v.jsonl").write_text("\n".join(lines) + "\n")
+        ev.read_judgments(str(run / "eval" / "eval_1" / "judgments-v.jsonl"), verdicts=True)

@@ -88,10 +88,11 @@ COT = api.JudgeConfig(method="cot", prompt="judge", temperature=0.0, max_new_tok
 
 def accuracy(model, engine, params, cfg: api.JudgeConfig, head=None) -> float:
     """Held-out accuracy of every verdict of the judge `cfg` with `params` (and the reward `head` for bt /
-    pairrm): each answer order counts on its own. (The report's accuracy averages P(chosen) over the two orders,
-    and on this task, where every pair is the same two answers, a judge that always picks the second-shown answer
-    scores 0 or 1 on it by a margin of a few thousandths: a Rationalizer trained with the labels swapped reached
-    "1.0" that way. Per-verdict, a position-biased judge scores 0.5.)"""
+    pairrm): each answer order counts on its own, an invalid verdict as wrong (the reports' verdict accuracy,
+    evaluation.verdict_scores, counts it 1/2). The reports' accuracy averages P(chosen) over the two orders, and on
+    this task, where every pair is the same two answers, a judge that always picks the second-shown answer scores
+    0 or 1 on it by a margin of a few thousandths: a Rationalizer trained with the labels swapped reached "1.0"
+    that way. Per verdict, a position-biased judge scores 0.5."""
     if cfg.method in ("cot", "genrm"):
         engine.set_params(params)
         judge = api.Judge(model, cfg, engine=engine)

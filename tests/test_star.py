@@ -319,6 +319,9 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
             evaluation.read_judgments(workdir / "eval" / "eval_0" / "judgments-hh-rlhf-held-out.jsonl"), n_boot=2000)
         assert vs == _roundtrip(want) and vs["n"] > 0
         assert abs(vs["difference"] - (r["hh-rlhf-held-out/accuracy"] - rows[0]["hh-rlhf-held-out/accuracy"])) < 1e-9
+        verdict = r["hh-rlhf-held-out/verdict_vs_eval_0"]  # the same pairs, each verdict counted
+        assert abs(verdict["difference"] - (r["hh-rlhf-held-out/verdict_accuracy"]
+                                             - rows[0]["hh-rlhf-held-out/verdict_accuracy"])) < 1e-9
 
     parts = _parts(c)
     plain_needed = c.method != "rationalizer"

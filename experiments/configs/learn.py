@@ -5,16 +5,10 @@ where a 135M judge can acquire the skill and a program checks every label (issue
 
 Data: in-distribution pairs of the kept families for training, >= 200 held-out in-distribution pairs and
 >= 200 shifted pairs for evaluation (both answer orders), plus small HH-RLHF and RewardBench samples so the
-usual columns stay. STaR: 2 iterations over 2 parts, 4 judgments per pair (2 per order) with short rationales
-(24 tokens: enough to restate a sum, a count or an order); lr 3e-5, 2 epochs per iteration.
-
-Time budget (an estimate from NOTES.md's throughput, not yet measured end to end): evaluation dominates. The
-judge prompt is ~250 SmolLM2 tokens, nearly all of them the shared instructions, so one evaluation of 400 pairs
-in both orders is ~200k prefill tokens (~10 minutes at ~350 tok/s) plus 800 rationales of 24 tokens (~6 minutes
-at ~50 tok/s). Two STaR iterations evaluate three times: well over 20 minutes. To meet the issue's 20 minutes
-with >= 200 + >= 200 pairs the engine has to prefill the shared instructions once (prefix caching), or the
-preset uses a shorter judge prompt; until then `EVAL_PER_FAMILY` / `SHIFTED_PER_FAMILY` can be lowered for a
-quick run (--config.data.verifiable.eval_per_family=25).
+usual columns stay. Judge: the short `verify` prompt. STaR: 2 iterations over 2 parts, 4 judgments per pair
+(2 per order) with short rationales (24 tokens: enough to restate a sum or an order); lr 1e-4, 2 epochs per
+iteration. STaR-DPO on this preset took ~34 minutes on the 2-core CPU (docs/learning.md): evaluation after every
+iteration and DPO training dominate.
 """
 import ml_collections
 
