@@ -125,10 +125,15 @@ def judge(conversation: list[dict], answer_a: str, answer_b: str) -> list[dict]:
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
 
 
-def rationalizer(conversation: list[dict], answer_a: str, answer_b: str, winner: str) -> list[dict]:
+def _loser(winner: str) -> str:
+    """The other letter of a hinted prompt's `winner` (which must be 'A' or 'B')."""
     if winner not in ("A", "B"):
         raise ValueError(f"winner must be 'A' or 'B', got {winner!r}")
-    loser = "B" if winner == "A" else "A"
+    return "B" if winner == "A" else "A"
+
+
+def rationalizer(conversation: list[dict], answer_a: str, answer_b: str, winner: str) -> list[dict]:
+    loser = _loser(winner)
     body = (f"{conversation_block(conversation)}\n\n{answers_block(answer_a, answer_b)}\n\n"
             + RATIONALIZER_TASK.format(winner=winner, loser=loser))
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
@@ -140,8 +145,7 @@ def verify(conversation: list[dict], answer_a: str, answer_b: str) -> list[dict]
 
 
 def verify_hinted(conversation: list[dict], answer_a: str, answer_b: str, winner: str) -> list[dict]:
-    if winner not in ("A", "B"):
-        raise ValueError(f"winner must be 'A' or 'B', got {winner!r}")
+    _loser(winner)  # checks the letter
     messages = verify(conversation, answer_a, answer_b)
     messages[1]["content"] += VERIFY_HINT.format(winner=winner)
     return messages
