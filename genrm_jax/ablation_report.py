@@ -143,13 +143,13 @@ def compare(workdir: str, rows_: list[dict], against: Sequence[str] = ("zero-sho
             refs[key] = ref
     for row in rows_:
         for name, cell in row["sets"].items():
-            mine = judgments(row, name)
+            mine, mine_verdicts = judgments(row, name), judgments(row, name, True)
             for key, ref in refs.items():
                 theirs = judgments(ref, name) if ref is not row else None
                 if mine and theirs:
                     cell[f"vs_{key}"] = evaluation.compare_judgments(mine, theirs, n_boot=2000)
                     cell[f"verdict_vs_{key}"] = evaluation.compare_judgments(
-                        judgments(row, name, True), judgments(ref, name, True), n_boot=2000, verdicts=True)
+                        mine_verdicts, judgments(ref, name, True), n_boot=2000, verdicts=True)
     return rows_
 
 

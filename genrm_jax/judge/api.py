@@ -252,7 +252,7 @@ class Judge:
         if hint is not None:
             if name == "pairwise":
                 kwargs["winner"] = hint
-            elif name in prompts.HINTED:  # the judge prompt's hinted form is the Rationalizer prompt
+            elif name in prompts.HINTED:  # e.g. the judge prompt's hinted form is the Rationalizer prompt
                 return functools.partial(prompts.HINTED[name], winner=hint)
             else:
                 raise ValueError(f"prompt {name!r} has no hinted form (hints need one of "
