@@ -35,7 +35,11 @@ from genrm_jax.star import selection
 @methods.register_records("genrm")
 def genrm_records(pairs: list[dict], cut=None, fit=None) -> list[dict]:
     """Two SFT records per pair, one per order: target "A" when the chosen answer is shown first, else "B".
-    `cut(answer)` shortens answers, `fit(conversation, a, b)` the conversation (None: the order is left out)."""
+    `cut(answer)` shortens answers, `fit(conversation, a, b)` the conversation (None: the order is left out).
+
+    Both orders of a pair share a `group`, so the pipeline puts them in one batch: each batch then holds as many
+    "A" targets as "B" ones, as PairRM's examples do. Shuffled apart, the batch's share of "A" varies from
+    step to step and the verdict of the whole batch flips with it (docs/learning.md)."""
     cut = cut or (lambda text: text)
     fit = fit or (lambda conv, a, b: conv)
     out = []
@@ -45,7 +49,7 @@ def genrm_records(pairs: list[dict], cut=None, fit=None) -> list[dict]:
             conv = fit(r["prompt"], a, b)
             if conv is not None:
                 out.append({"messages": prompts.genrm(conv, a, b), "target": target,
-                            "source": f"{splits._key(r)}/{order}"})
+                            "source": f"{splits._key(r)}/{order}", "group": splits._key(r)})
     return out
 
 

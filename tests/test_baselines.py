@@ -72,6 +72,7 @@ def smoke(tmp_path_factory):
 def test_genrm_records_label_the_order_the_chosen_answer_is_shown_in():
     recs = baselines.genrm_records([PAIR])
     assert [r["target"] for r in recs] == ["A", "B"]
+    assert recs[0]["group"] == recs[1]["group"]  # both orders in one batch (pipeline groups)
     for r in recs:
         body = r["messages"][-1]["content"]
         a_block = body.split("[The Start of Assistant A's Answer]\n")[1].split("\n")[0]

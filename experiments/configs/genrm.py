@@ -18,6 +18,10 @@ def get_config(arg: str | None = None):
         # The prompts are cut as the judge cuts them (judge.max_prompt_tokens, 320), and most come near that:
         # one bucket just above it (the verdict token and EOS) wastes little and compiles once.
         c.train.update(max_len=336, buckets=(336,))
+    if preset == "learn":
+        # The verdict sits at ln 2 for ~60 steps before it starts to read the answers (docs/learning.md): 6 epochs
+        # (288 steps) at the preset's 1e-4; 2 epochs end, with the learning rate decayed, still on the plateau.
+        c.train.epochs = 6
     if preset == "paper":
         c.judge.max_prompt_tokens = c.train.max_len - 2  # the judge's prompts fit the training sequences whole
     return c

@@ -164,6 +164,8 @@ def encode_record(rec: dict, kind: str, tokenizer, max_len: int, *, train_eos: b
         m[len(prefix):len(prefix) + len(c) - (0 if train_eos else 1)] = 1
         masks.append(m)
     ex = {"tokens": tokens, "loss_mask": masks, "length": max(len(t) for t in tokens)}
+    if rec.get("group") is not None:
+        ex["group"] = str(rec["group"])
     if kind == "pairrm":
         ex["labels"] = np.asarray([1, 0], np.int32)
     return ex
@@ -194,16 +196,26 @@ def default_buckets(max_len: int) -> tuple[int, ...]:
     return tuple(sorted({b for b in (max_len // 4, max_len // 2, max_len) if b >= 8} | {max_len}))
 
 
-def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *, drop_remainder: bool = True):
+def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *, drop_remainder: bool = True,
+               groups: np.ndarray | None = None):
     """[(bucket_length, example indices)] for one epoch: shuffled within each bucket, batches shuffled.
 
-    A pure function of (seed, epoch): every epoch reshuffles, and any step's batch can be recomputed.
+    `groups` (an id per example, all of a group in one bucket): a group's examples stay adjacent, so a group no
+    larger than the batch and aligned with it shares a batch. A pure function of (seed, epoch): every epoch
+    reshuffles, and any step's batch can be recomputed.
     """
     rng = np.random.default_rng([seed, epoch])
     batches = []
     for b in np.unique(buckets_of):
         idx = np.flatnonzero(buckets_of == b)
-        rng.shuffle(idx)
+        if groups is None:
+            rng.shuffle(idx)
+        else:
+            ids = np.unique(groups[idx])
+            rng.shuffle(ids)
+            rank = np.empty(groups.max() + 1, np.int64)
+            rank[ids] = np.arange(len(ids))
+            idx = idx[np.argsort(rank[groups[idx]], kind="stable")]
         stop = len(idx) - len(idx) % batch_size if drop_remainder else len(idx)
         batches += [(int(b), idx[i:i + batch_size]) for i in range(0, stop, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -280,8 +292,16 @@ class Pipeline:
             raise DataError(f"no usable {kind} examples: {self.stats.summary()}")
         lengths = np.asarray([ex["length"] for ex in self.examples])
         self.bucket_of = np.asarray(self.buckets)[np.searchsorted(self.buckets, lengths)]
+        groups = None
+        if any("group" in ex for ex in self.examples):  # records naming a group are batched together
+            names = [ex.get("group", f"\0{i}") for i, ex in enumerate(self.examples)]
+            groups = np.unique(names, return_inverse=True)[1]
+            longest = np.zeros(groups.max() + 1, self.bucket_of.dtype)
+            np.maximum.at(longest, groups, self.bucket_of)
+            self.bucket_of = longest[groups]  # a group pads to its longest member's bucket
         self.plan = [b for e in range(epochs)
-                     for b in epoch_plan(self.bucket_of, batch_size, seed, e, drop_remainder=drop_remainder)]
+                     for b in epoch_plan(self.bucket_of, batch_size, seed, e, drop_remainder=drop_remainder,
+                                         groups=groups)]
         if not self.plan:
             raise DataError(f"{len(self.examples)} {kind} examples make no full batch of {batch_size} "
                             f"in any length bucket {self.buckets}")
