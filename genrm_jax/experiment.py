@@ -73,27 +73,7 @@ def run(c, workdir: str, *, progress: bool = True) -> dict:
     if part is None:
         cli.fail(f"config.method: {method.name!r} is a {method.part} method; run it with its own command")
 
-    def prepare() -> Setup:
-        config_util.validate(c)
-        ft = finetune.FinetuneConfig.from_config(c.train, kind=method.loss)
-        judge = benchmark.judge_config(c.judge, **method.judge_config(**({"max_len": ft.max_len} if method.head
-                                                                            else {})))
-        benchmark.check_engine(c)
-        ks = benchmark.check_ks(c.eval.ks)
-        skipped: list = []
-        train, eval_sets = splits.experiment_data(c.data, c.seed, skipped)
-        setup = Setup(c, method, ft, judge, ks, train, eval_sets, skipped, mesh(c))
-        setup.part = part.prepare(setup)
-        if setup.sampled is not None:
-            prompt, new, where = setup.sampled
-            if prompt and ft.max_len < prompt + new + 8:
-                raise benchmark.ConfigError(
-                    f"config.train.max_len: {ft.max_len} cannot hold a judge prompt ({prompt} tokens) plus a "
-                    f"judgment ({new} tokens and the verdict; {where}): training would cut the judge's instructions")
-        check_memory(c)
-        return setup
-
-    r, setup, done = open_run(c, workdir, prepare)
+    r, setup, done = open_run(c, workdir, lambda: prepare(c, method, part))
     if done is not None:
         return done
     model = load(c, setup.mesh)
@@ -114,6 +94,30 @@ def run(c, workdir: str, *, progress: bool = True) -> dict:
     extra["export"] = export(r, out.params, model, head=out.head, judge=setup.judge)
     paths = report.write(r, out.rows, title=title, extra=extra, columns=out.columns)
     return r.finish("report", {"rows": out.rows, **extra, "paths": paths})
+
+
+def prepare(c, method: methods.Method, part) -> Setup:
+    """Everything checked and read before any model loads: the config's groups, the data, the part's own group,
+    that train.max_len holds a sampled judgment, and the memory plan. Raises ValueError (ConfigError,
+    plan.PlanError) or sources.DataError naming the field or file; `run` turns them into one line."""
+    config_util.validate(c)
+    ft = finetune.FinetuneConfig.from_config(c.train, kind=method.loss)
+    judge = benchmark.judge_config(c.judge, **method.judge_config(**({"max_len": ft.max_len} if method.head
+                                                                        else {})))
+    benchmark.check_engine(c)
+    ks = benchmark.check_ks(c.eval.ks)
+    skipped: list = []
+    train, eval_sets = splits.experiment_data(c.data, c.seed, skipped)
+    setup = Setup(c, method, ft, judge, ks, train, eval_sets, skipped, mesh(c))
+    setup.part = part.prepare(setup)
+    if setup.sampled is not None:
+        prompt, new, where = setup.sampled
+        if prompt and ft.max_len < prompt + new + 8:
+            raise benchmark.ConfigError(
+                f"config.train.max_len: {ft.max_len} cannot hold a judge prompt ({prompt} tokens) plus a "
+                f"judgment ({new} tokens and the verdict; {where}): training would cut the judge's instructions")
+    check_memory(c)
+    return setup
 
 
 # ------------------------------------------------------------------------------------------ start-up

@@ -53,3 +53,19 @@ def test_an_unknown_or_missing_method_is_named():
         methods.register(methods.METHODS["genrm"])
     with pytest.raises(ValueError, match="judge 'bt' and head=False disagree"):
         methods.Method("x", "baseline", "sft", judge="bt")
+
+
+def _trains(module) -> bool:
+    c = importlib.import_module(f"experiments.configs.{module}").get_config("smoke")
+    return methods.of_config(c).part in experiment.PARTS  # the zero-shot judge (llm_judge) trains nothing
+
+
+@pytest.mark.parametrize("module", [m for m in CONFIGS if _trains(m)])
+def test_the_learn_preset_passes_every_check_before_the_model_loads(module):
+    """The `learn` preset of every training experiment (the ablation runs them all): config, data, the part's own
+    group, room for a sampled judgment in train.max_len, the memory plan. Self-Rationalization's failed here
+    (rubric prompts longer than the preset's 320 tokens) and the ablation reported it only when its turn came."""
+    c = importlib.import_module(f"experiments.configs.{module}").get_config("learn")
+    m = methods.of_config(c)
+    setup = experiment.prepare(c, m, experiment.PARTS[m.part])
+    assert len(setup.train) == 192 and {len(v) for k, v in setup.eval_sets.items() if k.startswith("verifiable")} == {200}

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from genrm_jax.data import sources, splits
+from genrm_jax.data import rubrics, sources, splits
 from genrm_jax.data import verifiable as v
 
 N = 150
@@ -59,6 +59,7 @@ def test_record_shape_is_the_sources_shape():
         assert r["prompt"][-1]["role"] == "user" and isinstance(r["prompt"][-1]["content"], str)
         assert r["subset"] == r["category"] == r["family"] and r["shift"] == "in" and r["split"] == "held_out"
         assert sources.answer_problem({"chosen": r["chosen"], "rejected": r["rejected"]}) is None
+        assert rubrics.rubric_for(r) == rubrics.CORRECTNESS_RUBRIC  # what Self-Rationalization's judges score by
     assert len({splits._key(r) for r in recs}) == len(recs)  # unique pair keys
     a_first = splits.a_is_chosen(recs)
     for f in v.FAMILIES:  # answer order balanced per family, as for any source

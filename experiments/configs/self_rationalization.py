@@ -8,6 +8,8 @@ Presets:
   default  the embedded SmolLM2-135M-Instruct on HH-RLHF (pointwise judgments built from pairs under the
            helpfulness / harmlessness rubrics), 12 training pairs, 4 judgments per input, 2 iterations, evaluated on
            the held-out HH-RLHF pairs only (no RewardBench sample): under 20 minutes on 2 cores
+  learn    the verifiable pairs of the `learn` preset (experiments/configs/learn.py) judged under a correctness
+           rubric; ten evaluations of 431 pairs in both orders: hours on 2 cores (docs/learning.md)
   small    the same model at a scale where the comparison can say something (hours here, minutes on a GPU)
   paper    Llama-3.1-8B-Instruct by path (--config.model), Preference-Collection pairs (--config.data.train_path)
            and Feedback-Collection gold scores (--config.data.pointwise_path) by path, N = 10, 5000 then 500
@@ -48,6 +50,13 @@ def get_config(arg: str | None = None):
         c.sre.pairs_per_input = 1  # a DPO step on ~600-token pairs takes most of a minute here
     elif preset == "small":
         c.sre.update(samples=8, max_new_tokens=128, seed_samples=4)
+    elif preset == "learn":
+        # Verifiable pairs under the correctness rubric (data/rubrics.py): the rubric prompts of their short
+        # questions and answers take <= 343 tokens, the hinted ones (J_SFT's seed rationales) <= 388; rationales
+        # as short as the STaR methods' on this preset.
+        c.judge.max_prompt_tokens = c.pointwise.max_prompt_tokens = 416
+        c.sre.max_new_tokens = c.judge.max_new_tokens
+        c.train.update(max_len=448, buckets=(448,))
     elif preset == "paper":
         c.data.update(train_format="preference-collection", pointwise_eval=1000)
         c.pointwise.update(max_new_tokens=1024, max_answer_tokens=None, max_prompt_tokens=None)

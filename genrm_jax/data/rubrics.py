@@ -12,6 +12,17 @@ DEFAULT_RUBRIC = (
     "Score 5: The response is fully correct, helpful, safe and follows every instruction."
 )
 
+# Questions with one correct answer (data/verifiable.py): the score is about correctness alone.
+CORRECTNESS_RUBRIC = (
+    "[Is the answer correct? Check it against the question: redo the computation or the count, or test the "
+    "constraint.]\n"
+    "Score 1: The answer is wrong.\n"
+    "Score 2: The answer is wrong but close (one digit, one item or one word off).\n"
+    "Score 3: It cannot be told from the answer whether it is correct.\n"
+    "Score 4: The answer is correct but badly presented.\n"
+    "Score 5: The answer is correct."
+)
+
 # Rubrics for HH-RLHF (which has preference labels but no rubric or scores): its two splits ask for helpfulness
 # and harmlessness, so a response is judged against the criterion its pair was labelled for (data/pointwise.py).
 HH_RUBRICS = {

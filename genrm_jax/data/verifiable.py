@@ -15,7 +15,8 @@ Families (`FAMILIES`), each with an in-distribution range and a shifted one (`SH
 Records have the shape of `sources` (id, prompt, chosen, rejected, subset, category, source), so every judge,
 trainer and evaluation reads them unchanged; `subset` and `category` are the family (per-family accuracy and
 answer-order balance come for free), and each record also carries `family`, `shift` ("in" | "shifted"),
-`split` ("train" | "held_out"), `answer` (the correct value) and `error` (how the rejected answer is wrong).
+`split` ("train" | "held_out"), `answer` (the correct value), `error` (how the rejected answer is wrong) and
+`rubric` (`rubrics.CORRECTNESS_RUBRIC`, what the rubric judges of Self-Rationalization score by).
 
 Train and held-out pairs are disjoint problems: a problem's split is a hash of (seed, its prompt), so no held-out
 prompt is ever a training prompt, whatever the sizes asked for. `check(record, text)` says whether an answer
@@ -28,6 +29,8 @@ import hashlib
 import random
 import re
 from typing import Callable
+
+from genrm_jax.data import rubrics
 
 FAMILIES = ("arithmetic", "counting", "ordering", "format")
 SHIFTS = ("in", "shifted")
@@ -265,7 +268,7 @@ def pairs(family: str, n: int, *, shift: str = "in", split: str = "train", seed:
         out.append({"id": rid, "prompt": [{"role": "user", "content": p["prompt"]}], "chosen": p["chosen"],
                     "rejected": p["rejected"], "subset": family, "category": family,
                     "source": f"verifiable(seed={seed}):{rid}", "family": family, "shift": shift, "split": split,
-                    "answer": p["answer"], "error": p["error"]})
+                    "answer": p["answer"], "error": p["error"], "rubric": rubrics.CORRECTNESS_RUBRIC})
     return out
 
 
