@@ -30,7 +30,7 @@ import numpy as np
 
 from genrm_jax import config_util, distributed, losses, sharding, train
 from genrm_jax.checkpoint import Checkpointer
-from genrm_jax.data.pipeline import Pipeline
+from genrm_jax.data.pipeline import PACKED_KINDS, Pipeline
 from genrm_jax.models import heads, llama
 
 
@@ -102,9 +102,11 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
                              f"data x fsdp size {dict(mesh.shape)}")
         batch_sharding = sharding.batch_sharding(mesh)
         rows = sharding.process_rows(batch_sharding, cfg.batch_size)
-    pipe = Pipeline(records, losses.spec(cfg.kind).record, tokenizer, max_len=cfg.max_len,
+    record = losses.spec(cfg.kind).record
+    pipe = Pipeline(records, record, tokenizer, max_len=cfg.max_len,
                     batch_size=cfg.batch_size, buckets=cfg.buckets or None, seed=cfg.seed, epochs=cfg.epochs,
-                    train_eos=cfg.train_eos, drop_remainder=False, progress=progress, rows=rows)
+                    train_eos=cfg.train_eos, drop_remainder=False, progress=progress, rows=rows,
+                    packed=_packs(record, model_config))
     steps = len(pipe)
     info = {"steps": steps, "examples": len(pipe.examples), "data": pipe.stats.as_dict()}
     opt_cfg = train.OptimConfig(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -143,6 +145,13 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
     info["final_loss"] = _last_loss(os.path.join(workdir, "metrics.jsonl"))
     out = state.params
     return (out["model"] if head is None else out), info
+
+
+def _packs(record: str, config) -> bool:
+    """Whether DPO / IPO pairs train packed, [prompt | chosen | rejected] in one row, the prompt (most of each
+    sequence) computed once: on the "cpu" kernels, whose attention takes a dense mask anyway. The fused accelerator kernels take segment ids, not the shared-prefix mask (splash cannot, cuDNN would read
+    a [T, T] bias), so there each side stays a row of its own."""
+    return record in PACKED_KINDS and llama.resolve_kernels(config) == "cpu"
 
 
 # Jitted train steps, kept across fits: a STaR run's fits differ in length (their schedule numbers live in the
@@ -192,7 +201,7 @@ def _sharded_reference(params, config, pipe: Pipeline, batch_sharding) -> np.nda
     out = []
     for batch in pipe.sequential_batches():
         n = batch["n_valid"]
-        local = {k: batch[k][start:stop] for k in ("tokens", "mask", "loss_mask")}
+        local = {k: v[start:stop] for k, v in losses.pair_arrays(batch).items()}
         out.append(np.asarray(fn(params, sharding.put_batch(local, batch_sharding)))[:n])
     return np.concatenate(out, axis=0)
 

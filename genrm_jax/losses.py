@@ -151,8 +151,39 @@ def _flat_pairs(batch):
     return flat(batch["tokens"]), flat(batch["mask"])
 
 
+PAIR_FIELDS = ("tokens", "mask", "loss_mask", "segment_ids", "positions", "src")  # what pair_logprobs reads
+
+
+def pair_arrays(batch) -> dict:
+    """The fields of a pair batch (packed or not) that `pair_logprobs` reads."""
+    return {k: batch[k] for k in PAIR_FIELDS if k in batch}
+
+
+def gathered_logprobs(logits, src, tokens):
+    """[B, T] log p(tokens[b, t]) read from the logits at position src[b, t] (logits [B, T, V]).
+
+    Gathers the picked logits and the [B, T] logsumexp by (row, src, token) index: no [B, T, V] log-softmax or
+    reordered copy of the logits is materialised.
+    """
+    logits = logits.astype(jnp.float32)
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    picked = logits[rows, src, tokens]
+    return picked - jnp.take_along_axis(jax.nn.logsumexp(logits, axis=-1), src, axis=1)
+
+
 def pair_logprobs(model_params, batch, config: llama.LlamaConfig):
-    """[B, 2] summed completion log-probs of (chosen, rejected) under `model_params`."""
+    """[B, 2] summed completion log-probs of (chosen, rejected) under `model_params`.
+
+    A packed batch (data.pipeline, `packed=True`: one row [prompt | chosen | rejected] per pair, with
+    `segment_ids`, `positions`, `src` [B, L] and `loss_mask` [B, 2, L]) runs the prompt once; otherwise the
+    [B, 2, L] rows run as 2B sequences.
+    """
+    if "segment_ids" in batch:
+        tokens = batch["tokens"]
+        logits = llama.forward(model_params, tokens, config, positions=batch["positions"],
+                               segment_ids=batch["segment_ids"], shared_prefix=True).logits
+        lp = gathered_logprobs(logits, batch["src"], tokens)
+        return jnp.sum(lp[:, None, :] * batch["loss_mask"].astype(jnp.float32), axis=-1)
     tokens, mask = _flat_pairs(batch)
     loss_mask = jnp.concatenate([batch["loss_mask"][:, 0], batch["loss_mask"][:, 1]], axis=0)
     logits = llama.forward(model_params, tokens, config, attention_mask=mask).logits
@@ -259,6 +290,5 @@ def reference_logprobs(model_params, config: llama.LlamaConfig, batches, *, prog
     out = []
     for batch in tqdm(batches, desc="reference log-probs", disable=not progress):
         n = int(batch.get("n_valid", batch["tokens"].shape[0]))
-        arrays = {k: batch[k] for k in ("tokens", "mask", "loss_mask")}
-        out.append(np.asarray(fn(model_params, arrays))[:n])
+        out.append(np.asarray(fn(model_params, pair_arrays(batch)))[:n])
     return np.concatenate(out, axis=0) if out else np.zeros((0, 2), np.float32)

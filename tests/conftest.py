@@ -6,9 +6,16 @@ import pytest
 # unless GENRM_JAX_TEST_HOME points at a persistent one (make test sets it to reuse the conversion).
 os.environ.setdefault("GENRM_JAX_HOME", os.environ.get("GENRM_JAX_TEST_HOME", "/tmp/genrm_jax_test_home"))
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# The two pytest workers already fill the two cores: torch's OpenMP threads (the Hugging Face parity tests)
+# spin-wait when they outnumber the free cores, which made those tests 2x slower beside the other worker.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Compiled executables are cached across the test session's processes (experiments run as subprocesses on the
 # tiny model compile the same train steps and kernels again and again).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["GENRM_JAX_HOME"], "jax-compilation-cache"))
+# Every computation, however quick to compile: the tiny model's hundreds of sub-second compilations are most of
+# what a rerun of the in-process tests would otherwise spend (JAX caches only those over 1 s by default).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from genrm_jax import runtime  # noqa: E402
 from genrm_jax.models import llama  # noqa: E402

@@ -2,6 +2,11 @@
 compilation reuse, seeds, shared prefill, stop strings, and the resumable batch runner."""
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from experiment_runs import environment
 from genrm_jax import generate, sampling
 from genrm_jax.io import Model
 from genrm_jax.models import llama
@@ -322,22 +328,19 @@ def tiny_cli_model(tmp_path_factory):
     return make_model_dir(str(tmp_path_factory.mktemp("tinyhf") / "m"))
 
 
-def run_generate_cli(model_dir, inp, out, *extra):
-    import subprocess
-    import sys
-
+def run_generate_cli(model_dir, inp, out, *extra, cache=None):
+    """The generate CLI in a subprocess with the session's compilation cache, or with `cache` (a private copy for
+    a run that gets killed: it could be cut short while writing an entry)."""
     cmd = [sys.executable, "-m", "genrm_jax.generate", "--model", model_dir, "--input", str(inp), "--output",
            str(out), "--n", "2", "--top-p", "0.95", "--max-new-tokens", "24", "--max-batch", "4", "--seed", "3",
            *extra]
-    # no shared compilation cache: this process gets killed, perhaps while writing an entry
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env = environment()
+    if cache is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_generate_cli_killed_and_resumed_equals_uninterrupted(tmp_path_factory, tmp_path):
-    import signal
-    import time
-
     model_dir = tiny_cli_model(tmp_path_factory)
     inp = tmp_path / "prompts.jsonl"
     with open(inp, "w") as f:
@@ -348,7 +351,9 @@ def test_generate_cli_killed_and_resumed_equals_uninterrupted(tmp_path_factory, 
     p = run_generate_cli(model_dir, inp, whole)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     killed = tmp_path / "killed.jsonl"
-    p = run_generate_cli(model_dir, inp, killed)
+    cache = str(tmp_path / "jax-cache")
+    shutil.copytree(environment()["JAX_COMPILATION_CACHE_DIR"], cache)
+    p = run_generate_cli(model_dir, inp, killed, cache=cache)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:  # kill -9 once the first batch is on disk
         if killed.exists() and killed.stat().st_size > 0:

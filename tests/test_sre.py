@@ -4,6 +4,7 @@ judge on the tiny random model against its own next-token distribution; the expe
 preset, with a real SIGKILL during self-rationalization."""
 import gzip
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -330,6 +331,10 @@ def test_kill_during_self_rationalization_resumes_without_redoing_inputs(referen
     workdir = tmp_path / "run"
     samples = workdir / "samples" / "iter_1_pointwise.jsonl"
     cmd = command("self_rationalization", "smoke", workdir)
+    # start from the reference's state before iteration 1 (J_SFT trained and evaluated, the baselines
+    # evaluated): the run goes straight to iteration 1's sampling, where it is killed
+    shutil.copytree(reference, workdir, ignore=lambda d, names: [
+        n for n in names if "iter_" in n or "best_of_n" in n or n in ("report.json", "report.md", "export", "export.json", ".lock")])
 
     def mid_sampling():
         if not samples.exists():
@@ -420,19 +425,20 @@ def test_gold_scored_data_multitask_seed_and_margin(env, tmp_path):
     workdir = tmp_path / "run"
     log = str(tmp_path / "run.log")
     overrides = [f"--config.data.pointwise_path={path}", "--config.sre.seed_mode=multitask",
-                 "--config.sre.margin=1", "--config.sre.samples=4", "--config.sre.baselines=()"]
+                 "--config.sre.margin=1", "--config.sre.samples=4", "--config.sre.baselines=()",
+                 "--config.sre.iterations=1"]
     assert run(command("self_rationalization", "smoke", workdir, overrides), env, log) == 0, tail(log)
     report = strict_json((workdir / "report.json").read_text())
     assert report["seed_mode"] == "multitask" and report["gold_eval_items"] > 0
     point = [r for r in report["rows"] if r["judge"] == "pointwise"]
-    assert [r["method"] for r in point] == ["J_SFT", "SRE iteration 1", "SRE iteration 2"]
-    for t in (1, 2):  # every pair trained on is at least the margin apart, a gold-score judgment first
-        lines = jsonl(workdir / "samples" / f"iter_{t}_pointwise.jsonl")
-        texts = {x["text"]: (x["score"], x["correct"]) for line in lines for x in line["judgments"]}
-        for rec in jsonl(workdir / "train" / f"iter_{t}.jsonl"):
-            if rec["chosen"] in texts and rec["rejected"] in texts:
-                (sw, cw), (sl, cl) = texts[rec["chosen"]], texts[rec["rejected"]]
-                assert cw and not cl and abs(sw - sl) >= 1
+    assert [r["method"] for r in point] == ["J_SFT", "SRE iteration 1"]
+    # every pair trained on is at least the margin apart, a gold-score judgment first
+    lines = jsonl(workdir / "samples" / "iter_1_pointwise.jsonl")
+    texts = {x["text"]: (x["score"], x["correct"]) for line in lines for x in line["judgments"]}
+    for rec in jsonl(workdir / "train" / "iter_1.jsonl"):
+        if rec["chosen"] in texts and rec["rejected"] in texts:
+            (sw, cw), (sl, cl) = texts[rec["chosen"]], texts[rec["rejected"]]
+            assert cw and not cl and abs(sw - sl) >= 1
     for r in point:
         assert 0.0 <= r["gold/exact"] <= 1.0 and 0.0 <= r["gold/mae"] <= 4.0
         assert sum(r["gold/histogram"].values()) + r["gold/unscored"] == report["gold_eval_items"]

@@ -479,6 +479,14 @@ def _step_losses(path):
     return out
 
 
+def _start_after_eval_0(reference, workdir):
+    """The reference's finished zero-shot evaluation (its marker and per-pair judgments) in a new run directory:
+    the run starts at iteration 1."""
+    os.makedirs(workdir / "stages")
+    shutil.copy(reference / "stages" / "eval_0.json", workdir / "stages" / "eval_0.json")
+    shutil.copytree(reference / "eval" / "eval_0", workdir / "eval" / "eval_0")
+
+
 def test_kill_during_sampling_then_resume_matches_uninterrupted(reference, env, tmp_path):
     workdir = tmp_path / "run"
     samples = workdir / "samples" / "iter_1.jsonl"
@@ -486,6 +494,7 @@ def test_kill_during_sampling_then_resume_matches_uninterrupted(reference, env, 
     part = _parts(_config("star_dpo", "smoke", CRASH))[0]
     assert len(part) >= 3
     cmd = _cmd("star_dpo", "smoke", workdir, CRASH)
+    _start_after_eval_0(reference, workdir)
 
     def mid_sampling():
         n = _count_lines(samples)
@@ -515,10 +524,8 @@ def test_kill_during_training_then_resume_matches_uninterrupted(reference, env, 
     cmd = _cmd("star_dpo", "smoke", workdir, CRASH)
     # start from the reference's finished eval_0 and samples (resumed sampling is the test above): the run goes
     # straight to training
+    _start_after_eval_0(reference, workdir)
     shutil.copytree(reference / "samples", workdir / "samples")
-    os.makedirs(workdir / "stages")
-    shutil.copy(reference / "stages" / "eval_0.json", workdir / "stages" / "eval_0.json")
-    shutil.copytree(reference / "eval" / "eval_0", workdir / "eval" / "eval_0")  # its per-pair judgments
 
     def mid_training():
         try:

@@ -3,7 +3,9 @@
 Record kinds (see losses.KINDS):
   sft         {"messages": [...], "target": str}: template with generation prompt, then target + EOS;
               the loss mask covers the target tokens (EOS too when `train_eos`).
-  dpo / ipo   {"messages": [...], "chosen": str, "rejected": str}: two completions of one prompt.
+  dpo / ipo   {"messages": [...], "chosen": str, "rejected": str}: two completions of one prompt; a `packed`
+              pipeline batches each pair as one row [prompt | chosen | rejected] (`collate`), so the prompt is
+              computed once.
   bt          {"prompt": [...], "chosen": str, "rejected": str}: conversation + each answer as the
               assistant turn; the reward head reads the final EOS.
   pairrm      same record as bt: one sequence with both answers, presented in both orders (labels 1, 0).
@@ -129,9 +131,11 @@ def _encode_text(tokenizer, text: str) -> list[int]:
 
 def encode_record(rec: dict, kind: str, tokenizer, max_len: int, *, train_eos: bool = False,
                   index: int = 0, stats: Stats | None = None):
-    """One validated record -> {"tokens": [seq, ...], "loss_mask": [seq, ...], ...} of int32 arrays, or None.
+    """One validated record -> {"tokens": [seq, ...], "loss_mask": [seq, ...], "prefix_len", ...} of int32
+    arrays, or None.
 
-    Several sequences per example for the pair kinds (chosen, rejected) or (A-B, B-A) for PairRM.
+    Several sequences per example for the pair kinds (chosen, rejected) or (A-B, B-A) for PairRM, each starting
+    with the same `prefix_len` conversation tokens.
     """
     stats = stats if stats is not None else Stats()
     validate(rec, kind, index)
@@ -163,7 +167,7 @@ def encode_record(rec: dict, kind: str, tokenizer, max_len: int, *, train_eos: b
         m = np.zeros(len(prefix) + len(c), np.int32)
         m[len(prefix):len(prefix) + len(c) - (0 if train_eos else 1)] = 1
         masks.append(m)
-    ex = {"tokens": tokens, "loss_mask": masks, "length": max(len(t) for t in tokens)}
+    ex = {"tokens": tokens, "loss_mask": masks, "length": max(len(t) for t in tokens), "prefix_len": len(prefix)}
     if rec.get("group") is not None:
         ex["group"] = str(rec["group"])
     if kind == "pairrm":
@@ -196,6 +200,19 @@ def default_buckets(max_len: int) -> tuple[int, ...]:
     return tuple(sorted({b for b in (max_len // 4, max_len // 2, max_len) if b >= 8} | {max_len}))
 
 
+PACKED_KINDS = ("dpo", "ipo")
+
+
+def packed_buckets(max_len: int) -> tuple[int, ...]:
+    """The buckets a packed pair adds: prompt + both completions reach up to 2 * max_len - 1 tokens."""
+    return (3 * max_len // 2, 2 * max_len)
+
+
+def packed_length(ex: dict) -> int:
+    """Tokens of a pair example packed as [prompt | chosen | rejected]."""
+    return sum(len(t) for t in ex["tokens"]) - ex["prefix_len"]
+
+
 def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *, drop_remainder: bool = True,
                groups: np.ndarray | None = None):
     """[(bucket_length, example indices)] for one epoch: shuffled within each bucket, batches shuffled.
@@ -222,8 +239,9 @@ def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *
 
 
 def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int | None = None, *,
-            real: int | None = None) -> dict:
-    """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples).
+            real: int | None = None, packed: bool = False) -> dict:
+    """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples); `packed`
+    pairs -> one row each (`_pack`).
 
     With `batch_size` larger than len(examples), the batch is filled to that size with copies of its first
     example that count for nothing: `valid` [B] is 0 for them (pair losses weight by it) and their loss mask
@@ -233,6 +251,11 @@ def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int 
     real = len(examples) if real is None else real
     if batch_size is not None and batch_size > len(examples):
         examples = list(examples) + [examples[0]] * (batch_size - len(examples))
+    if packed:
+        out = _pack(examples, length, pad_id)
+        out["loss_mask"][real:] = 0
+        out["valid"] = (np.arange(len(examples)) < real).astype(np.float32)
+        return _extras(out, examples)
     n_seq = len(examples[0]["tokens"])
     shape = (len(examples), n_seq, length)
     tokens = np.full(shape, pad_id, np.int32)
@@ -248,6 +271,10 @@ def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int 
            "valid": (np.arange(len(examples)) < real).astype(np.float32)}
     if n_seq == 1:
         out = {k: (v[:, 0] if k != "valid" else v) for k, v in out.items()}
+    return _extras(out, examples)
+
+
+def _extras(out: dict, examples: Sequence[dict]) -> dict:
     if "labels" in examples[0]:
         out["labels"] = np.stack([ex["labels"] for ex in examples])
     if "ref_logps" in examples[0]:
@@ -255,16 +282,40 @@ def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int 
     return out
 
 
+def _pack(examples: Sequence[dict], length: int, pad_id: int) -> dict:
+    """Pairs -> one right-padded row each, [prompt | chosen | rejected], all [B, L] int32 but `loss_mask`:
+    `segment_ids` 1, 2, 3 (0 = padding) for attention.shared_prefix_mask; `positions` continuing the prompt in
+    each completion; `src`, the position whose logits predict each token (the previous one, but the prompt's
+    last for the first rejected token); `loss_mask` [B, 2, L], the chosen and the rejected tokens scored."""
+    b = len(examples)
+    tokens = np.full((b, length), pad_id, np.int32)
+    segment_ids, positions, src = (np.zeros((b, length), np.int32) for _ in range(3))
+    loss_mask = np.zeros((b, 2, length), np.int32)
+    for i, ex in enumerate(examples):
+        p = ex["prefix_len"]
+        (c, r), (mc, mr) = ex["tokens"], ex["loss_mask"]
+        n = len(c) + len(r) - p
+        tokens[i, :n] = np.concatenate([c, r[p:]])
+        segment_ids[i, :n] = np.repeat([1, 2, 3], [p, len(c) - p, len(r) - p])
+        positions[i, :n] = np.concatenate([np.arange(len(c)), np.arange(p, len(r))])
+        src[i, 1:n] = np.arange(n - 1)
+        src[i, len(c)] = p - 1
+        loss_mask[i, 0, :len(c)] = mc
+        loss_mask[i, 1, len(c):n] = mr[p:]
+    return {"tokens": tokens, "mask": (segment_ids > 0).astype(np.int32), "segment_ids": segment_ids,
+            "positions": positions, "src": src, "loss_mask": loss_mask}
+
+
 class _Collate(grain.transforms.Map):
-    def __init__(self, examples, pad_id, rows):
-        self._examples, self._pad_id, self._rows = examples, pad_id, rows
+    def __init__(self, examples, pad_id, rows, packed):
+        self._examples, self._pad_id, self._rows, self._packed = examples, pad_id, rows, packed
 
     def map(self, entry):
         length, idx = entry
         start, stop = self._rows
         mine = list(idx[start:stop])  # the last batch of a bucket may have no row for this process
         picked = [self._examples[i] for i in (mine or idx[:1])]
-        return collate(picked, length, self._pad_id, stop - start, real=len(mine))
+        return collate(picked, length, self._pad_id, stop - start, real=len(mine), packed=self._packed)
 
 
 class Pipeline:
@@ -272,25 +323,32 @@ class Pipeline:
 
     `iterator()` is a grain DatasetIterator whose `get_state()` the checkpointer saves; `len(self)` is the number
     of optimiser steps the plan holds. `rows` (start, stop): the rows of every batch this process loads (all).
+    `packed` (dpo / ipo): each pair is one row [prompt | chosen | rejected] (`collate`), which may reach 2 *
+    max_len tokens: `packed_buckets` extend the buckets (whose largest is still max_len, the truncation rule's).
     """
 
     def __init__(self, records: Iterable[dict], kind: str, tokenizer, *, max_len: int, batch_size: int,
                  buckets: Sequence[int] | None = None, seed: int = 0, epochs: int = 1, train_eos: bool = False,
-                 drop_remainder: bool = True, progress: bool = True, rows: tuple[int, int] | None = None):
-        self.kind, self.batch_size, self.seed, self.epochs = kind, batch_size, seed, epochs
+                 drop_remainder: bool = True, progress: bool = True, rows: tuple[int, int] | None = None,
+                 packed: bool = False):
+        if packed and kind not in PACKED_KINDS:
+            raise ValueError(f"packed batches are for {PACKED_KINDS} records, not {kind!r}")
+        self.kind, self.batch_size, self.seed, self.epochs, self.packed = kind, batch_size, seed, epochs, packed
         self.rows = tuple(rows) if rows is not None else (0, batch_size)
         if not 0 <= self.rows[0] < self.rows[1] <= batch_size:
             raise ValueError(f"rows {self.rows} of a batch of {batch_size}: expected 0 <= start < stop <= batch_size")
         self.buckets = tuple(sorted(buckets)) if buckets else default_buckets(max_len)
         if self.buckets[-1] != max_len:
             raise ValueError(f"largest bucket {self.buckets[-1]} must equal max_len {max_len}")
+        if packed:
+            self.buckets = tuple(sorted(set(self.buckets) | set(packed_buckets(max_len))))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.examples, self.stats = encode_records(records, kind, tokenizer, max_len, train_eos=train_eos,
                                                    progress=progress)
         log.info("%s data: %s", kind, self.stats.summary())
         if not self.examples:
             raise DataError(f"no usable {kind} examples: {self.stats.summary()}")
-        lengths = np.asarray([ex["length"] for ex in self.examples])
+        lengths = np.asarray([packed_length(ex) if packed else ex["length"] for ex in self.examples])
         self.bucket_of = np.asarray(self.buckets)[np.searchsorted(self.buckets, lengths)]
         groups = None
         if any("group" in ex for ex in self.examples):  # records naming a group are batched together
@@ -305,7 +363,7 @@ class Pipeline:
         if not self.plan:
             raise DataError(f"{len(self.examples)} {kind} examples make no full batch of {batch_size} "
                             f"in any length bucket {self.buckets}")
-        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id, self.rows))
+        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id, self.rows, packed))
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -320,7 +378,7 @@ class Pipeline:
         for start in range(0, len(self.examples), bs):
             chunk = self.examples[start:start + bs]
             length = int(self.bucket_of[start:start + len(chunk)].max())
-            batch = collate(chunk, length, self.pad_id, bs)
+            batch = collate(chunk, length, self.pad_id, bs, packed=self.packed)
             batch["n_valid"] = len(chunk)
             yield batch
 

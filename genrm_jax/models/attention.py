@@ -44,14 +44,17 @@ class Mask(NamedTuple):
 
     `segment_ids` [B, T] int32 (0 = padding; packed sequences get 1, 2, ...). `padded` (static) is False when
     every token is real and each row is one sequence: then a plain causal mask is exact and the fused kernels
-    get no mask at all.
+    get no mask at all. `shared_prefix` (static): segment 1 is a prompt that every later segment continues (a
+    packed preference pair [prompt | chosen | rejected] = segments 1, 2, 3): each segment also reads segment 1.
     """
     segment_ids: jax.Array
     padded: bool = True
+    shared_prefix: bool = False
 
     def dense(self):
-        """[B, T, T] bool, True = may attend (`causal_mask`): what the reference paths take."""
-        return causal_mask(self.segment_ids)
+        """[B, T, T] bool, True = may attend (`causal_mask` or `shared_prefix_mask`): what the reference paths
+        take."""
+        return (shared_prefix_mask if self.shared_prefix else causal_mask)(self.segment_ids)
 
 
 def causal_mask(segment_ids):
@@ -62,6 +65,15 @@ def causal_mask(segment_ids):
     return causal[None] & same & (segment_ids[:, None, :] > 0)
 
 
+def shared_prefix_mask(segment_ids):
+    """[B, T] segment ids (0 = padding, 1 = the shared prompt) -> [B, T, T]: causal, each real token reading its
+    own segment and the prompt, so the completions after the prompt never see one another."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    return causal[None] & (q > 0) & (k > 0) & ((q == k) | (k == 1))
+
+
 def causal_attention(q, k, v, mask: Mask, kernels: str):
     """q [B, T, H, Dh]; k, v [B, T, K, Dh] -> [B, T, H, Dh], causal within `mask`'s segments, by `kernels`
     (resolved: "cpu", "xla", "cudnn" or "splash"). Outputs at padding positions are unspecified (each kernel
@@ -69,7 +81,7 @@ def causal_attention(q, k, v, mask: Mask, kernels: str):
     if kernels == "cudnn" and cudnn_takes(q):
         implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
         return dot_product(q, k, v, mask, implementation=implementation)
-    if kernels == "splash" and splash_takes(q):
+    if kernels == "splash" and splash_takes(q) and not mask.shared_prefix:  # its SegmentIds mean same-segment only
         return splash_attention(q, k, v, mask, interpret=jax.default_backend() != "tpu")
     return self_attention(q, k, v, mask.dense(), "cpu" if kernels == "cpu" else "xla")
 
@@ -83,11 +95,16 @@ def cudnn_takes(q) -> bool:
 
 def dot_product(q, k, v, mask: Mask, *, implementation: str = "cudnn"):
     """`jax.nn.dot_product_attention` (cuDNN flash attention with implementation="cudnn"): `is_causal` for the
-    causal part, and, when `mask.padded`, a [B, 1, T, T] same-segment mask (cuDNN adds it as a bias). Padding
-    tokens form a segment of their own (id 0), so no query row is fully masked and padding stays finite."""
+    causal part, and, when `mask.padded`, a [B, 1, T, T] same-segment mask (cuDNN adds it as a bias), which with
+    `mask.shared_prefix` also lets every segment read segment 1. Padding tokens form a segment of their own
+    (id 0), so no query row is fully masked and padding stays finite."""
     seg = mask.segment_ids
-    same = (seg[:, None, :, None] == seg[:, None, None, :]) if mask.padded else None
-    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True, implementation=implementation)
+    allowed = None
+    if mask.padded or mask.shared_prefix:
+        allowed = seg[:, None, :, None] == seg[:, None, None, :]
+        if mask.shared_prefix:
+            allowed = allowed | (seg[:, None, None, :] == 1)
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed, is_causal=True, implementation=implementation)
 
 
 def splash_takes(q) -> bool:

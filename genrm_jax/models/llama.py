@@ -423,19 +423,24 @@ class Output(NamedTuple):
 
 
 def forward(params: Params, tokens, config: LlamaConfig, *, positions=None, segment_ids=None,
-            attention_mask=None, logits: bool = True, return_hidden: bool = False) -> Output:
+            attention_mask=None, shared_prefix: bool = False, logits: bool = True,
+            return_hidden: bool = False) -> Output:
     """Full-sequence forward pass.
 
     tokens [B, T] int. `attention_mask` [B, T] (1 = real token) or `segment_ids` [B, T] (packed sequences,
     0 = padding). `positions` default to each token's index among the real tokens of its segment, which
-    makes left padding and packing give the same logits as an unpadded sequence.
+    makes left padding and packing give the same logits as an unpadded sequence. `shared_prefix` (static; with
+    `segment_ids` and explicit `positions`): segment 1 is a prompt every other segment continues
+    (`attention.shared_prefix_mask`), as in a packed preference pair.
     """
+    if shared_prefix and (segment_ids is None or positions is None):
+        raise ValueError("shared_prefix needs segment_ids and positions (each completion continues the prompt)")
     padded = segment_ids is not None or attention_mask is not None  # else plain causal: fused kernels need no mask
     if segment_ids is None:
         segment_ids = (jnp.ones_like(tokens) if attention_mask is None else attention_mask).astype(jnp.int32)
     if positions is None:
         positions = segment_positions(segment_ids)
-    mask = attention.Mask(segment_ids, padded)
+    mask = attention.Mask(segment_ids, padded, shared_prefix)
     rotary = rope(positions, config)
     ops = RowMajor(config)
     x = ops.embed(params, tokens)
