@@ -149,8 +149,9 @@ def fit(params, records: list[dict], cfg: FinetuneConfig, model_config, tokenize
 
 def _packs(record: str, config) -> bool:
     """Whether DPO / IPO pairs train packed, [prompt | chosen | rejected] in one row, the prompt (most of each
-    sequence) computed once: on the "cpu" kernels, whose attention takes a dense mask anyway. The fused accelerator kernels take segment ids, not the shared-prefix mask (splash cannot, cuDNN would read
-    a [T, T] bias), so there each side stays a row of its own."""
+    sequence) computed once: on the "cpu" kernels, whose attention takes a dense mask anyway. The fused
+    accelerator kernels take segment ids, not the shared-prefix mask (splash cannot, cuDNN would read a [T, T]
+    bias), so there each side stays a row of its own."""
     return record in PACKED_KINDS and llama.resolve_kernels(config) == "cpu"
 
 

@@ -68,4 +68,5 @@ def test_the_learn_preset_passes_every_check_before_the_model_loads(module):
     c = importlib.import_module(f"experiments.configs.{module}").get_config("learn")
     m = methods.of_config(c)
     setup = experiment.prepare(c, m, experiment.PARTS[m.part])
-    assert len(setup.train) == 192 and {len(v) for k, v in setup.eval_sets.items() if k.startswith("verifiable")} == {200}
+    verifiable = {len(v) for k, v in setup.eval_sets.items() if k.startswith("verifiable")}
+    assert len(setup.train) == 192 and verifiable == {200}
