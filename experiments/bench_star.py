@@ -1,6 +1,6 @@
 """Where the time of one STaR-DPO iteration goes: sampling, the DPO reference pass, training and evaluation.
 
-    python -m experiments.bench_star [--preset default] [--pairs N] [--workdir DIR]
+    python -m experiments.bench_star [--preset default] [--pairs N] [--workdir DIR] [--no-share-prefix]
 
 Runs iteration 1 of experiments/star_dpo.py's loop on the preset's data (its first part of the training pairs,
 or the first N of them with --pairs), with the library's own pieces and nothing cached: the sampling judge
@@ -14,8 +14,9 @@ reference log-probs and trains, report.evaluate judges the held-out sets. Prints
   training seconds (and `training_steady`: the median per-step rate after the first, compiling, step);
   evaluation = (generated + scored tokens) / evaluation seconds;
 - `tokens`: the counts behind them per phase: sampling and evaluation {"prefilled" (prompt tokens, each
-  distinct prompt once), "generated", "scored" (tokens run through the model to read a forced verdict: the
-  appended tokens scored from a row's KV cache plus any sequence scored by a prefill of its own),
+  distinct prompt once, the prefix that all prompts of a call share once a call), "generated", "scored" (tokens
+  run through the model to read a forced verdict: the appended tokens scored from a row's KV cache plus any
+  sequence scored by a prefill of its own),
   "scored_from_cache" (of those, the appended ones), "reused_from_cache" (generated tokens a forced verdict read
   from the cache instead of running them again)}; reference and training: the examples' tokens;
 - `compile_seconds`: per phase, the time JAX spent tracing, lowering and compiling (jax.monitoring events),
@@ -90,7 +91,7 @@ def _steady_rate(metrics_path: str) -> float | None:
     return round(statistics.median(rates), 1) if rates else None
 
 
-def bench(preset: str, pairs: int | None, workdir: str) -> dict:
+def bench(preset: str, pairs: int | None, workdir: str, share_prefix: bool = True) -> dict:
     from experiments.configs import star_dpo as config_module
     from experiments.machine import peak_rss_gb
     from genrm_jax import finetune, methods, report, runs
@@ -117,7 +118,7 @@ def bench(preset: str, pairs: int | None, workdir: str) -> dict:
 
     t0 = time.perf_counter()
     model = load_model(c.model)
-    engine = Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype)
+    engine = Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype, share_prefix=share_prefix)
     counter = TokenCounter(engine)
     seconds["load"] = time.perf_counter() - t0
     compile_s["load"] = clock.take()
@@ -157,7 +158,8 @@ def bench(preset: str, pairs: int | None, workdir: str) -> dict:
 
     s, e = tokens["sampling"], tokens["evaluation"]
     return {
-        "preset": preset, "model": c.model, "pairs": len(part), "samples_per_pair": star.samples,
+        "preset": preset, "model": c.model, "share_prefix": share_prefix, "pairs": len(part),
+        "samples_per_pair": star.samples,
         "judgments": summary["sampled"]["judgments"], "training_records": len(records), "train_steps": info["steps"],
         "eval_pairs": {k: len(v) for k, v in eval_sets.items()},
         "eval_accuracy": {k: v["accuracy"] for k, v in reports.items()},
@@ -181,6 +183,8 @@ def main(argv=None):
     p.add_argument("--preset", default="default", help="experiments/configs/presets.py preset (default: default)")
     p.add_argument("--pairs", type=int, default=None, help="sample and train on only the first N pairs of the part")
     p.add_argument("--workdir", default=None, help="keep the run here (default: a temporary directory, removed)")
+    p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                   help="prefill every prompt whole (Engine(share_prefix=False)): the baseline of the shared prefix")
     a = p.parse_args(argv)
     if a.pairs is not None and a.pairs < 1:
         p.error("--pairs must be >= 1")
@@ -192,7 +196,7 @@ def main(argv=None):
         if a.workdir and os.path.exists(os.path.join(a.workdir, "config.json")):
             p.error(f"--workdir {a.workdir} holds a run already: a benchmark starts from nothing")
         with contextlib.redirect_stdout(sys.stderr):
-            result = bench(a.preset, a.pairs, workdir)
+            result = bench(a.preset, a.pairs, workdir, a.share_prefix)
     print(json.dumps(result), flush=True)
 
 

@@ -180,7 +180,8 @@ def load(c, mesh=None):
 
 def engine(c, model, mesh=None) -> Engine:
     """The sampling engine of an experiment's model (config group `engine`), sharded over `mesh`."""
-    return Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype, mesh=mesh)
+    return Engine(model, max_batch=c.engine.max_batch, cache_dtype=c.engine.cache_dtype, mesh=mesh,
+                  share_prefix=c.engine.share_prefix)
 
 
 # --------------------------------------------------------------------------------------------- export

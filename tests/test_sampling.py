@@ -272,6 +272,56 @@ def test_continuation_scored_from_the_cache_matches_forward(tiny_model, engine):
             np.testing.assert_allclose(c.continuation, want, atol=1e-5)
 
 
+# Prompts that share a 34-token prefix (a judge's instructions) and differ after it, as the prompts of one call
+# of a judge do: the engine runs the prefix once per batch (rounded down to 32 tokens) and the rest per prompt.
+_SHARED = [1] + [(7 * i) % 97 + 2 for i in range(33)]
+PREFIXED = [_SHARED + [50 + j] * (1 + 3 * j) for j in range(3)] + [_SHARED + [90, 91]]
+
+
+def test_prefix_bucket_and_what_is_shared(tiny_model):
+    assert [sampling.prefix_bucket(n) for n in (0, 31, 32, 39, 40, 57, 63, 64, 79, 163, 300)] == \
+        [0, 0, 32, 32, 40, 56, 56, 64, 64, 160, 256]
+    eng = sampling.Engine(tiny_model, max_batch=8)
+    assert eng._shared_prefix(PREFIXED) == 32
+    assert eng._shared_prefix(PREFIXED[:1]) == 0  # one prompt: its samples share its prefill anyway
+    assert eng._shared_prefix([_SHARED[:33], _SHARED + [5]]) == 32  # the shortest keeps a token of its own
+    assert eng._shared_prefix([_SHARED[:32], _SHARED + [5]]) == 0
+    assert eng._shared_prefix(PROMPTS) == 0
+    assert sampling.Engine(tiny_model, max_batch=8, share_prefix=False)._shared_prefix(PREFIXED) == 0
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_shared_prefix_matches_full_forward(tiny_model, kernels):
+    """Greedy and sampled rows, forced continuations and next-token scores of prompts whose prefix ran once per
+    batch equal the full forward pass of each whole prompt, and the samples equal those without sharing."""
+    model = with_kernels(tiny_model, kernels)
+    eng = sampling.Engine(model, max_batch=4)  # n = 2: two prompts per batch, two batches
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=12, n=2, ignore_eos=True, seed=5)
+    seen = {}
+
+    def tokens(c):
+        seen[id(c)] = c.token_ids[:len(c.token_ids) // 2] + [5]
+        return seen[id(c)]
+
+    cands = (3, 4, 100)
+    out = eng.generate(PREFIXED, sp, then=sampling.Continuation(tokens, cands))
+    greedy = eng.generate(PREFIXED, sampling.SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True))
+    scores = eng.score_next_token(PREFIXED, list(cands))
+    assert eng.stats["shared_prefix_tokens"] == 3 * 3 * 32  # each call ran the prefix once, not 4 times
+    assert eng.compilations["prefix"] == 1
+    for prompt, cs, g, row in zip(PREFIXED, out, greedy, scores):
+        for c in [*cs, g[0]]:
+            ref = full_logprobs(tiny_model, prompt, c.token_ids)
+            np.testing.assert_allclose(c.logprobs, ref[np.arange(12), c.token_ids], atol=1e-4)
+        for c in cs:
+            want = full_logprobs(tiny_model, prompt, seen[id(c)] + [0])[-1][list(cands)]
+            np.testing.assert_allclose(c.continuation, want, atol=1e-4)
+        assert g[0].token_ids == ref_argmax(tiny_model, prompt, 12)
+        np.testing.assert_allclose(row, full_logprobs(tiny_model, prompt, [0])[-1][list(cands)], atol=1e-5)
+    unshared = sampling.Engine(model, max_batch=4, share_prefix=False).generate(PREFIXED, sp)
+    assert [[c.token_ids for c in cs] for cs in out] == [[c.token_ids for c in cs] for cs in unshared]
+
+
 def test_bad_input_is_rejected(engine):
     with pytest.raises(ValueError, match="top_p"):
         sampling.SamplingParams(top_p=0.0)

@@ -70,7 +70,8 @@ def base(preset: str, method: str | None = None) -> ml_collections.ConfigDict:
     # default preset is a few steps, where 1e-6 leaves the weights where they were.
     c.train = group(finetune.FinetuneConfig, exclude=("kind",),  # the loss is the method's
                     learning_rate=1e-5, max_len=448, buckets=(448,), checkpoint_every=4)
-    c.engine = ml_collections.ConfigDict(dict(max_batch=32, cache_dtype="float32"))
+    # share_prefix: the tokens all prompts of a call start with (the judge's instructions) run once per batch
+    c.engine = ml_collections.ConfigDict(dict(max_batch=32, cache_dtype="float32", share_prefix=True))
     # bias: position, length and master-key attack rates (judge/bias.py) before training and after, on the first
     # bias_pairs in-distribution pairs; the attack judges 2 x 10 keys x bias_attack_pairs pairs more
     c.eval = ml_collections.ConfigDict(dict(ks=(1,), bias=True, bias_pairs=8, bias_attack_pairs=2))

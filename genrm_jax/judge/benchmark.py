@@ -118,7 +118,7 @@ CACHE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_engine(c) -> None:
-    """`c.model` and `c.engine` (max_batch, cache_dtype) of an experiment config; ConfigError naming the field."""
+    """`c.model` and `c.engine` (max_batch, cache_dtype, share_prefix) of an experiment config; ConfigError naming the field."""
     if not c.model:
         raise ConfigError("config.model: empty; give a registered name, GGUF file or Hugging Face directory")
     if not isinstance(c.engine.max_batch, int) or c.engine.max_batch < 1:
@@ -126,6 +126,8 @@ def check_engine(c) -> None:
     if c.engine.cache_dtype not in CACHE_DTYPES:
         raise ConfigError(f"config.engine.cache_dtype: must be one of {', '.join(CACHE_DTYPES)}, got "
                           f"{c.engine.cache_dtype!r}")
+    if not isinstance(c.engine.get("share_prefix"), bool):
+        raise ConfigError(f"config.engine.share_prefix: must be true or false, got {c.engine.get('share_prefix')!r}")
 
 
 # -------------------------------------------------------------------------------------------- data

@@ -6,7 +6,8 @@
 - `engine.py`: `Engine`, which batches prompts into shape buckets around those kernels (`set_params` swaps in
   new weights without recompiling; `mesh=` shards it).
 """
-from genrm_jax.sampling.engine import Completion, Continuation, Engine, batch_bucket, length_bucket
+from genrm_jax.sampling.engine import Completion, Continuation, Engine, batch_bucket, length_bucket, prefix_bucket
 from genrm_jax.sampling.tokens import Mode, SamplingParams, sample_tokens
 
-__all__ = ["Completion", "Continuation", "Engine", "Mode", "SamplingParams", "batch_bucket", "length_bucket", "sample_tokens"]
+__all__ = ["Completion", "Continuation", "Engine", "Mode", "SamplingParams", "batch_bucket", "length_bucket", "prefix_bucket",
+           "sample_tokens"]

@@ -1,10 +1,12 @@
 """The Engine: batching, shape buckets, seeds, stop strings and completions around the compiled kernels.
 
 Prompts are sorted by length and left-padded to a shape bucket, so another prompt length inside the bucket
-reuses the compiled kernels. Per-row PRNG keys come from (seed, prompt content, sample index), so a sample does
-not depend on which other prompts share its batch, nor on the batch size. Under a mesh (`Engine(mesh=...)`) the
-params are sharded by their logical axes (`sharding.py`), the KV cache by batch (data x fsdp) and KV heads
-(model), and every batch is padded to a multiple of the data x fsdp size.
+reuses the compiled kernels. The tokens that every prompt of a call starts with (a judge's instructions: half to
+two thirds of its prompts) run through the model once per call, not once per prompt (`_shared_prefix`). Per-row
+PRNG keys come from (seed, prompt content, sample index), so a sample does not depend on which other prompts
+share its batch, nor on the batch size. Under a mesh (`Engine(mesh=...)`) the params are sharded by their
+logical axes (`sharding.py`), the KV cache by batch (data x fsdp) and KV heads (model), and every batch is
+padded to a multiple of the data x fsdp size.
 """
 from __future__ import annotations
 
@@ -57,6 +59,16 @@ def length_bucket(n: int, minimum: int = 16) -> int:
     return -(-n // step) * step
 
 
+def prefix_bucket(n: int, minimum: int = 32) -> int:
+    """Rounds a shared prefix's length *down* to one of four sizes per octave (32, 40, 48, 56, 64, 80, ...), 0
+    below `minimum`: the prompts of one template share one size whatever else their prompts have in common, so
+    their calls reuse the compiled kernels."""
+    if n < minimum:
+        return 0
+    step = 2 ** max(0, n.bit_length() - 3)
+    return n // step * step
+
+
 def batch_bucket(n: int, maximum: int) -> int:
     return min(maximum, 1 << max(0, (n - 1).bit_length()))
 
@@ -84,7 +96,8 @@ class Engine:
     a single-device layout), and the sharded sizes divisible by their mesh axes.
     """
 
-    def __init__(self, model, *, cache_dtype: str = "float32", max_batch: int = 32, mesh=None):
+    def __init__(self, model, *, cache_dtype: str = "float32", max_batch: int = 32, mesh=None,
+                 share_prefix: bool = True):
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: expected >= 1")
         self.config: llama.LlamaConfig = model.config
@@ -96,6 +109,7 @@ class Engine:
         self.tokenizer = model.tokenizer
         self.cache_dtype = jnp.dtype(cache_dtype)
         self.max_batch = max_batch
+        self.share_prefix = share_prefix and mesh is None  # under a mesh one prefix row is not split by batch
         self.params = self._prepare(model.params)
         cfg = self.config
         self.eos_ids = tuple(int(e) for e in cfg.eos_token_ids)
@@ -107,11 +121,13 @@ class Engine:
         statics = dict(config=cfg, kernels=self.kernels, residual=placed.get("rows"), counter=self.compilations)
         tokens = dict(eos_ids=self.eos_ids, pad_id=self.pad_id)
         # Arguments are positional, the static ones too: jit takes no keyword arguments with in_shardings.
-        self._prefill = jax.jit(functools.partial(kernels.prefill, **statics, **tokens), static_argnums=(6, 7, 8, 9),
+        self._prefill = jax.jit(functools.partial(kernels.prefill, **statics, **tokens), static_argnums=(7, 8, 9, 10),
                                 **placed.get("prefill", {}))
         self._decode = jax.jit(functools.partial(kernels.decode, **statics, **tokens), static_argnums=(4,),
                                donate_argnums=(1,), **placed.get("decode", {}))
         self._score = jax.jit(functools.partial(kernels.score, **statics), **placed.get("score", {}))
+        self._prefix = jax.jit(functools.partial(kernels.prefix_pass, config=cfg, kernels=self.kernels,
+                                                 counter=self.compilations))
         self._continue = jax.jit(functools.partial(continuation.score, **statics), **placed.get("continue", {}))
 
     def _prepare(self, params):
@@ -143,9 +159,10 @@ class Engine:
                               step=whole, prompt_lens=rows, keys=rows)
         params = sharding.shardings(llama.logical_axes(self.config), mesh)
         return {"rows": rows, "whole": whole,
-                "prefill": dict(in_shardings=(params, rows, rows, rows, rows, whole), out_shardings=state),
+                # the second argument, the shared prefix's K/V, is None under a mesh (`_shared_prefix`)
+                "prefill": dict(in_shardings=(params, whole, rows, rows, rows, rows, whole), out_shardings=state),
                 "decode": dict(in_shardings=(params, state, whole, whole), out_shardings=state),
-                "score": dict(in_shardings=(params, rows, rows, whole), out_shardings=rows),
+                "score": dict(in_shardings=(params, whole, rows, rows, whole), out_shardings=rows),
                 "continue": dict(in_shardings=(params, kv, kv, rows, rows, rows, rows, whole), out_shardings=rows)}
 
     def _multiprocess(self) -> bool:
@@ -227,9 +244,10 @@ class Engine:
         out: list[list[Completion | None]] = [[None] * sp.n for _ in prompts]
         missing = [sp.n] * len(prompts)
         batches = self._plan(prompts, sp)
+        prefix = self._prefix_of(prompts)
         bar = _progress(len(prompts) * sp.n, "sampling", "seq") if progress else None
         for batch in batches:
-            done = self._generate_batch(prompts, batch, sp, then)
+            done = self._generate_batch(prompts, batch, sp, then, prefix)
             for (i, j), completion in done:
                 out[i][j] = completion
                 missing[i] -= 1
@@ -245,12 +263,14 @@ class Engine:
         """Compiles every kernel that `generate(prompts, sp)` will use (one decode step per batch shape),
         so that a timed run measures sampling, not compilation."""
         seen = set()
+        p0, prefix_kv = self._prefix_of(prompts)
         for batch in self._plan(prompts, sp):
-            arrays, _ = self._batch_inputs(prompts, batch, sp)
+            arrays, _ = self._batch_inputs(prompts, batch, sp, p0)
             shapes = tuple(np.shape(a) for a in arrays)
             if shapes not in seen:
                 seen.add(shapes)
-                self._run_kernels(arrays, sp, limit=min(2, sp.max_new_tokens))  # one decode step runs the loop body
+                # one decode step runs the loop body
+                self._run_kernels(arrays, sp, prefix_kv=prefix_kv, limit=min(2, sp.max_new_tokens))
 
     def _plan(self, prompts, sp: SamplingParams) -> list[tuple[list[int], int, int]]:
         """Batches of (prompt indices, first sample, end sample): whole prompts sorted by length, as many
@@ -261,12 +281,39 @@ class Engine:
         return [(order[k:k + per_batch], j, min(j + m, sp.n))
                 for k in range(0, len(order), per_batch) for j in range(0, sp.n, m)]
 
-    def _batch_inputs(self, prompts, batch, sp: SamplingParams):
-        """Arrays for `kernels.prefill` and, per row, its (prompt, sample) or None for batch padding."""
+    def _shared_prefix(self, prompts) -> int:
+        """How many leading tokens the prompts of a call all share, run once per call: their common prefix
+        rounded down by `prefix_bucket`, leaving every prompt at least one token of its own (its last position
+        gives the next-token logits). 0 for a single prompt (its n samples share its prefill anyway), under a
+        mesh, or with `share_prefix=False`."""
+        if not self.share_prefix or len(prompts) < 2:
+            return 0
+        common = min(len(p) for p in prompts) - 1
+        for p in prompts[1:]:
+            common = _common_prefix(prompts[0][:common], p)
+        return prefix_bucket(common)
+
+    def _prefix_of(self, prompts) -> tuple[int, tuple | None]:
+        """(P0, the K/V of the prefix that the prompts of a call share, or None), read by each of its batches."""
+        p0 = self._shared_prefix(prompts)
+        if not p0:
+            return 0, None
+        self.stats["prefill_tokens"] += p0
+        self.stats["shared_prefix_tokens"] -= p0  # the prompts' prefills count what they spare (`_run_kernels`)
+        return p0, self._prefix(self.params, np.asarray(prompts[0][:p0], np.int32)[None])
+
+    def _rest(self, prompts, idx, p0: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """prompts[idx] without their shared prefix of p0 tokens, left-padded to a bucket: ([rows, width], lengths
+        [rows])."""
+        rest = [prompts[i][p0:] for i in idx]
+        return _left_pad(rest, length_bucket(max(len(r) for r in rest)), rows, self.pad_id)
+
+    def _batch_inputs(self, prompts, batch, sp: SamplingParams, p0: int = 0):
+        """Arrays for `kernels.prefill` (the prompts after their shared prefix of p0 tokens) and, per row, its
+        (prompt, sample) or None for batch padding."""
         idx, j0, j1 = batch
         _, u, m = self._batch_shape(len(idx), j1 - j0)
-        prompt_bucket = length_bucket(max(len(prompts[i]) for i in idx))
-        tokens, lens = _left_pad([prompts[i] for i in idx], prompt_bucket, u, self.pad_id)
+        tokens, lens = self._rest(prompts, idx, p0, u)
         rows: list[tuple[int, int] | None] = [None] * (u * m)
         row_seeds = np.zeros((u * m, 3), np.uint32)
         for a, i in enumerate(idx):
@@ -277,20 +324,24 @@ class Engine:
         row_live = np.array([r is not None for r in rows])
         return (tokens, lens, row_live, row_seeds), rows
 
-    def _run_kernels(self, arrays, sp: SamplingParams, *, limit: int | None = None, stop=None) -> kernels.State:
-        """Prefill, then decode to `limit` tokens (default max_new_tokens), calling `stop(state) -> done`
-        every few tokens when given."""
+    def _run_kernels(self, arrays, sp: SamplingParams, *, prefix_kv=None, limit: int | None = None, stop=None
+                     ) -> kernels.State:
+        """Prefill (after the shared prefix whose K/V `prefix_kv` holds, if any), then decode to `limit` tokens
+        (default max_new_tokens), calling `stop(state) -> done` every few tokens when given."""
         values = self._put(kernels.Values(jnp.float32(sp.temperature or 1.0), jnp.int32(sp.top_k),
                                           jnp.float32(sp.top_p), jnp.bool_(not sp.ignore_eos)), self._whole)
         mode = mode_of(sp)
         tokens, lens, row_live, row_seeds = arrays
         prompt_live = row_live.reshape(len(lens), -1).any(axis=1)
-        self.stats["prefill_prompts"] += int(np.sum(prompt_live))
-        self.stats["prefill_tokens"] += int(np.sum(lens[prompt_live]))
+        live = int(np.sum(prompt_live))
+        self.stats["prefill_prompts"] += live
+        self.stats["prefill_tokens"] += int(np.sum(lens[prompt_live]))  # tokens run (the shared prefix: once a call)
+        if prefix_kv is not None:  # ... and those a prefill of each whole prompt would have run as well
+            self.stats["shared_prefix_tokens"] += live * jax.tree.leaves(prefix_kv)[0].shape[-3]
         self.stats["rows"] += int(row_live.sum())
         limit = sp.max_new_tokens if limit is None else limit
-        state = self._prefill(self.params, *self._put(arrays, self._rows), values, mode, len(row_live) // len(lens),
-                              length_bucket(sp.max_new_tokens), self.cache_dtype.name)
+        state = self._prefill(self.params, prefix_kv, *self._put(arrays, self._rows), values, mode,
+                              len(row_live) // len(lens), length_bucket(sp.max_new_tokens), self.cache_dtype.name)
 
         def decode(state, limit):
             return self._decode(self.params, state, self._put(jnp.int32(limit), self._whole), values, mode)
@@ -305,9 +356,10 @@ class Engine:
                 return state
             state = state._replace(done=self._put(jnp.asarray(done), self._rows))
 
-    def _generate_batch(self, prompts, batch, sp: SamplingParams, then: Continuation | None = None
-                        ) -> list[tuple[tuple[int, int], Completion]]:
-        arrays, rows = self._batch_inputs(prompts, batch, sp)
+    def _generate_batch(self, prompts, batch, sp: SamplingParams, then: Continuation | None = None,
+                        prefix: tuple[int, tuple | None] = (0, None)) -> list[tuple[tuple[int, int], Completion]]:
+        p0, prefix_kv = prefix
+        arrays, rows = self._batch_inputs(prompts, batch, sp, p0)
         live = [r for r, row in enumerate(rows) if row is not None]
         stopped: dict[int, tuple[int, int]] = {}
 
@@ -322,7 +374,7 @@ class Engine:
                         done[r] = True
             return done
 
-        state = self._run_kernels(arrays, sp, stop=stop if sp.stop_strings else None)
+        state = self._run_kernels(arrays, sp, prefix_kv=prefix_kv, stop=stop if sp.stop_strings else None)
         completions = self._completions(state, live, sp, stopped)
         self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
         if then is not None:
@@ -407,12 +459,13 @@ class Engine:
         cand = self._put(jnp.asarray(candidates, jnp.int32), self._whole)
         out = np.zeros((len(prompts), len(candidates)), np.float32)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        p0, prefix_kv = self._prefix_of(prompts)
         for k in range(0, len(order), self.max_batch):
             idx = order[k:k + self.max_batch]
-            tokens, lens = _left_pad([prompts[i] for i in idx], length_bucket(max(len(prompts[i]) for i in idx)),
-                                     self._batch_rows(batch_bucket(len(idx), self.max_batch)), self.pad_id)
-            (scores,) = self._get(self._score(self.params, *self._put((tokens, lens), self._rows), cand))
-            self.stats["score_tokens"] += sum(len(prompts[i]) for i in idx)
+            tokens, lens = self._rest(prompts, idx, p0, self._batch_rows(batch_bucket(len(idx), self.max_batch)))
+            (scores,) = self._get(self._score(self.params, prefix_kv, *self._put((tokens, lens), self._rows), cand))
+            self.stats["score_tokens"] += sum(len(prompts[i]) - p0 for i in idx)
+            self.stats["shared_prefix_tokens"] += p0 * len(idx)
             out[idx] = np.asarray(scores)[:len(idx)]
         return out
 

@@ -88,41 +88,95 @@ def _next_logits(params, ops, x):
     return ops.logits(params, ops.norm(ops.last(x), params["final_norm"]))
 
 
-def _prompt_pass(params, prompts, prompt_lens, *, config, kernels, residual, cache_dtype=None):
-    """Left-padded prompts [U, P] through every layer -> (the last token's logits [U, V], the prompts' K/V in
-    the cache layout, or None without `cache_dtype`)."""
+def _prompt_pass(params, prompts, prompt_lens, *, config, kernels, residual, kv_dtype=None, prefix_kv=None):
+    """Left-padded prompts [U, P] through every layer -> (the last token's logits [U, V], each layer's (k, v)
+    [U, P0 + P, K, Dh] in `kv_dtype` and the layers' layout: the shared prefix's P0 positions, then the prompts'
+    own; None without `kv_dtype`).
+
+    `prefix_kv` (from a pass over the shared prefix [1, P0]): every prompt continues that prefix, its tokens at
+    positions P0, P0 + 1, ... and attending to all of the prefix, then causally to itself."""
     u, p = prompts.shape
+    p0 = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-3]
     segment = (jnp.arange(p)[None, :] >= p - prompt_lens[:, None]).astype(jnp.int32)
-    rope = llama.rope(llama.segment_positions(segment), config, max_position=p)
+    rope = llama.rope(llama.segment_positions(segment) + p0, config, max_position=p0 + p)
     mask = attention.Mask(segment)
+    if p0:  # the prefix's keys are real for every query: [U, P, P0 + P]
+        mask = jnp.concatenate([jnp.ones((u, p, p0), bool), attention.causal_mask(segment)], axis=-1)
     ops = layout(config, kernels, (u, p))
 
-    def body(x, lp):
+    def body(x, lp, *prefix):
         kv = []
 
         def keep(k, v):
-            kv.append(tuple(jnp.swapaxes(a, 1, 2).astype(cache_dtype) for a in (k, v)))  # [U, K, P, Dh]
+            if prefix:  # the prefix's K/V (one copy) ahead of every prompt's own
+                k, v = (jnp.concatenate([jnp.broadcast_to(a, (u,) + a.shape[1:]).astype(b.dtype), b], axis=1)
+                        for a, b in zip(prefix[0], (k, v)))
+            if kv_dtype is not None:
+                kv.append((k.astype(kv_dtype), v.astype(kv_dtype)))
             return k, v
 
-        x = llama.layer(lp, x, rope, mask, config, layout=ops, kv_update=keep if cache_dtype else None)
-        return _constrain(x, residual), (kv[0] if cache_dtype else None)
+        attend = None
+        if prefix:
+            def attend(q, k, v, mask):
+                return attention.attention_kv_major(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
 
-    x, kv = llama.run_layers(body, _constrain(ops.embed(params, prompts), residual), params["layers"])
+        x = llama.layer(lp, x, rope, mask, config, layout=ops, kv_update=keep, attend=attend)
+        return _constrain(x, residual), (kv[0] if kv else None)
+
+    per_layer = () if prefix_kv is None else (prefix_kv,)
+    x, kv = llama.run_layers(body, _constrain(ops.embed(params, prompts), residual), params["layers"], *per_layer)
     return _next_logits(params, ops, x), kv
 
 
-def prefill(params, prompts, prompt_lens, row_live, row_seeds, values, mode, samples, new_bucket, cache_dtype, *,
-            config, kernels, residual, eos_ids, pad_id, counter):
+def prefix_pass(params, prefix, *, config, kernels, counter):
+    """The K/V of `prefix` [1, P0], tokens that every prompt of a call starts with: each layer's (k, v)
+    [1, P0, K, Dh] in the compute dtype, computed once per call and read by `prefill` and `score` for every batch
+    (the engine shares no prefix under a mesh: one row is not split by batch)."""
+    counter["prefix"] += 1
+    _, kv = _prompt_pass(params, prefix, jnp.full((1,), prefix.shape[1], jnp.int32), config=config, kernels=kernels,
+                         residual=None, kv_dtype=config.compute_dtype)
+    return kv
+
+
+def _prompts_with_prefix(params, prefix_kv, prompts, prompt_lens, *, config, kernels, residual, kv_dtype=None):
+    """(logits [U, V], each layer's (k, v) [U, P0 + P, K, Dh] or None without `kv_dtype`, prompt lengths [U]
+    prefix included) of the prompts prefix + prompts[u], `prefix_kv` being the prefix's (`prefix_pass`; None: no
+    prefix). The K/V come back left-padded, as if each whole prompt had been prefilled on its own: what decode
+    and the continuation read."""
+    statics = dict(config=config, kernels=kernels, residual=residual, kv_dtype=kv_dtype)
+    if prefix_kv is None:
+        logits, kv = _prompt_pass(params, prompts, prompt_lens, **statics)
+        return logits, kv, prompt_lens
+    p0 = jax.tree.leaves(prefix_kv)[0].shape[-3]
+    logits, kv = _prompt_pass(params, prompts, prompt_lens, prefix_kv=prefix_kv, **statics)
+    if kv is None:
+        return logits, kv, prompt_lens + p0
+    # Slot j of prompt u holds [prefix | padding | own tokens]; left-padded it is [padding | prefix | own tokens]:
+    # the prefix moves right by the padding's width p - len[u], the own tokens stay.
+    p = prompts.shape[1]
+    slot = jnp.arange(p0 + p)[None, :]
+    pad = (p - prompt_lens)[:, None]
+    src = jnp.where((slot >= pad) & (slot < pad + p0), slot - pad, slot)  # [U, P0 + P]
+    src = src[:, :, None, None]  # gathered along the slot axis of [..., U, P0 + P, K, Dh]
+    kv = jax.tree.map(lambda a: jnp.take_along_axis(a, src.reshape((1,) * (a.ndim - 4) + src.shape), axis=-3), kv)
+    return logits, kv, prompt_lens + p0
+
+
+def prefill(params, prefix_kv, prompts, prompt_lens, row_live, row_seeds, values, mode, samples, new_bucket,
+            cache_dtype, *, config, kernels, residual, eos_ids, pad_id, counter):
     """Runs the distinct prompts once, keeps their K/V as the shared prompt cache, samples token 0 of each of
     their `samples` rows.
 
-    prompts [U, P] left-padded; prompt_lens [U]; row_live [U * samples] (False = batch padding);
-    row_seeds [U * samples, 3] uint32 (seed, prompt hash, sample index). Row u * samples + j is sample j of
-    prompt u. `mode` to `cache_dtype` are static (jit's static_argnums: with in_shardings it takes no keywords).
+    prefix_kv: the K/V of tokens that every prompt starts with (`prefix_pass`; None: none); prompts [U, P] the
+    rest of each prompt, left-padded; prompt_lens [U] their lengths; row_live [U * samples] (False = batch
+    padding); row_seeds [U * samples, 3] uint32 (seed, prompt hash, sample index). Row u * samples + j is sample
+    j of prompt u. `mode` to `cache_dtype` are static (jit's static_argnums: with in_shardings it takes no
+    keywords).
     """
     counter["prefill"] += 1  # runs at trace time only: counts compilations
-    logits, prompt_kv = _prompt_pass(params, prompts, prompt_lens, config=config, kernels=kernels,
-                                     residual=residual, cache_dtype=cache_dtype)
+    logits, kv, prompt_lens = _prompts_with_prefix(params, prefix_kv, prompts, prompt_lens, config=config,
+                                                   kernels=kernels, residual=residual, kv_dtype=cache_dtype)
+    prompt_kv = jax.tree.map(lambda a: jnp.swapaxes(a, -3, -2), kv)  # [..., U, K, P0 + P, Dh]
     rows = prompts.shape[0] * samples
     # [..., U, K, P, Dh] -> an empty [..., rows, K, new_bucket, Dh]: the same layout (per layer or stacked)
     new_kv = jax.tree.map(lambda a: jnp.zeros(a.shape[:-4] + (rows, a.shape[-3], new_bucket, a.shape[-1]),
@@ -237,8 +291,10 @@ def decode(params, state: State, limit, values, mode, *, config, kernels, residu
     return jax.lax.while_loop(more, step, state)
 
 
-def score(params, prompts, prompt_lens, candidates, *, config, kernels, residual, counter):
-    """Log-probabilities [U, len(candidates)] of each candidate as the next token after each prompt."""
+def score(params, prefix_kv, prompts, prompt_lens, candidates, *, config, kernels, residual, counter):
+    """Log-probabilities [U, len(candidates)] of each candidate as the next token after prompts[u] (following the
+    prefix whose K/V `prefix_kv` holds, as `prefill`'s)."""
     counter["score"] += 1
-    logits, _ = _prompt_pass(params, prompts, prompt_lens, config=config, kernels=kernels, residual=residual)
+    logits, _, _ = _prompts_with_prefix(params, prefix_kv, prompts, prompt_lens, config=config, kernels=kernels,
+                                        residual=residual)
     return jax.nn.log_softmax(logits, axis=-1)[:, candidates]
