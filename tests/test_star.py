@@ -94,10 +94,10 @@ def test_star_sft_keeps_exactly_the_correct_judgments():
     lines = [p1, p2, p3, p4]
     before = copy.deepcopy(lines)
     expected = [
-        {"messages": _prompt(p1, 0), "target": _text(p1, 0, 0), "source": "p1/o0/s0"},
-        {"messages": _prompt(p1, 1), "target": _text(p1, 1, 1), "source": "p1/o1/s1"},
-        {"messages": _prompt(p4, 1), "target": _text(p4, 1, 0), "source": "p4/o1/s0"},
-        {"messages": _prompt(p4, 0), "target": _text(p4, 0, 0), "source": "p4/o0/s0"},
+        {"messages": _prompt(p1, 0), "target": _text(p1, 0, 0), "source": "p1/o0/s0", "group": "p1"},
+        {"messages": _prompt(p1, 1), "target": _text(p1, 1, 1), "source": "p1/o1/s1", "group": "p1"},
+        {"messages": _prompt(p4, 1), "target": _text(p4, 1, 0), "source": "p4/o1/s0", "group": "p4"},
+        {"messages": _prompt(p4, 0), "target": _text(p4, 0, 0), "source": "p4/o0/s0", "group": "p4"},
     ]
     assert selection.star_sft(lines) == expected
     assert selection.star_sft(lines) == expected  # pure: same input, same output
@@ -107,8 +107,8 @@ def test_star_sft_keeps_exactly_the_correct_judgments():
     # the Rationalizer's SFT rule is the same, and its prompt is the un-hinted one
     hinted = [_line("h1", [(0, 0, "chosen"), (0, 1, "rejected"), (1, 0, "chosen")], hinted=True)]
     assert selection.rationalized(hinted) == [
-        {"messages": _prompt(hinted[0], 0), "target": _text(hinted[0], 0, 0), "source": "h1/o0/s0"},
-        {"messages": _prompt(hinted[0], 1), "target": _text(hinted[0], 1, 0), "source": "h1/o1/s0"}]
+        {"messages": _prompt(hinted[0], 0), "target": _text(hinted[0], 0, 0), "source": "h1/o0/s0", "group": "h1"},
+        {"messages": _prompt(hinted[0], 1), "target": _text(hinted[0], 1, 0), "source": "h1/o1/s0", "group": "h1"}]
 
     s = star_sample.summary(lines)
     assert s == {"pairs": 4, "pairs_with_correct": 2, "pairs_with_correct_and_incorrect": 1, "skipped_pairs": 1,
@@ -132,7 +132,8 @@ def test_star_dpo_pairs_one_to_one_within_pair_and_order_only():
     def rec(line, order, w, lo):
         pid = line["id"]
         return {"messages": _prompt(line, order), "chosen": _text(line, order, w),
-                "rejected": _text(line, order, lo), "source": f"{pid}/o{order}/s{w}>{pid}/o{order}/s{lo}"}
+                "rejected": _text(line, order, lo), "source": f"{pid}/o{order}/s{w}>{pid}/o{order}/s{lo}",
+                "group": pid}
 
     expected = [rec(p1, 0, 0, 1), rec(p1, 0, 3, 2), rec(p1, 1, 0, 3), rec(p6, 1, 1, 0), rec(p6, 1, 3, 2)]
     assert selection.star_dpo(lines) == expected
@@ -158,9 +159,9 @@ def test_rationalized_pairs_hinted_correct_against_own_incorrect_same_pair_and_o
     before = copy.deepcopy((hinted, plain))
     expected = [
         {"messages": _prompt(h1, 0), "chosen": _text(h1, 0, 0), "rejected": _text(u1, 0, 1),
-         "source": "p1/o0/s0(hinted)>p1/o0/s1"},
+         "source": "p1/o0/s0(hinted)>p1/o0/s1", "group": "p1"},
         {"messages": _prompt(h1, 1), "chosen": _text(h1, 1, 1), "rejected": _text(u1, 1, 0),
-         "source": "p1/o1/s1(hinted)>p1/o1/s0"},
+         "source": "p1/o1/s1(hinted)>p1/o1/s0", "group": "p1"},
     ]
     assert selection.rationalized_pairs(hinted, plain) == expected
     assert (hinted, plain) == before

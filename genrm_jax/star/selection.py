@@ -7,7 +7,10 @@
 - `rationalized_pairs`: per (pair, order), hinted correct judgments paired with the un-hinted incorrect ones
   of the same pair -> IPO records on the un-hinted prompt.
 - Self-Rationalization (`groups`, `sre_pairs`, `best_of_n`, `correct_sft`): see the section below.
-Every record carries `source` = "<pair id>/o<order>/s<sample>" so a training example can be traced back.
+Every record carries `source` = "<pair id>/o<order>/s<sample>" so a training example can be traced back, and
+`group` = the pair id: the pipeline batches a pair's records together, so that its two answer orders meet in one
+batch and the position's share of the verdict gradient cancels there (as GenRM's records do,
+baselines.genrm_records; docs/learning.md).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def _src(line, x) -> str:
 
 
 def star_sft(lines: list[dict]) -> list[dict]:
-    return [{"messages": messages(line, x["order"]), "target": x["text"], "source": _src(line, x)}
+    return [{"messages": messages(line, x["order"]), "target": x["text"], "source": _src(line, x), "group": line["id"]}
             for line in lines for x in line["judgments"] if x["correct"]]
 
 
@@ -48,7 +51,7 @@ def star_dpo(lines: list[dict]) -> list[dict]:
             bad = [x for x in group if not x["correct"]]
             for w, lo in zip(good, bad):
                 out.append({"messages": messages(line, order), "chosen": w["text"], "rejected": lo["text"],
-                            "source": f"{_src(line, w)}>{_src(line, lo)}"})
+                            "source": f"{_src(line, w)}>{_src(line, lo)}", "group": line["id"]})
     return out
 
 
@@ -68,7 +71,8 @@ def rationalized_pairs(hinted_lines: list[dict], plain_lines: list[dict]) -> lis
             bad = [x for x in other.get(order, []) if not x["correct"]]
             for w, lo in zip(good, bad):
                 out.append({"messages": messages(line, order), "chosen": w["text"], "rejected": lo["text"],
-                            "source": f"{_src(line, w)}(hinted)>{_src(plain[line['id']], lo)}"})
+                            "source": f"{_src(line, w)}(hinted)>{_src(plain[line['id']], lo)}",
+                            "group": line["id"]})
     return out
 
 
