@@ -11,7 +11,8 @@ Sets of the same name are compared (`--set` picks one); when each side has a sin
 whatever their names. Pairs are matched by subset and id; pairs only one side judged are counted and left out.
 
 For each set: both accuracies, the difference A - B with a paired bootstrap 95% interval, the discordant pairs
-and the exact McNemar p-value (evaluation.paired_comparison), printed as a table or, with --json, as JSON.
+(those one side scores higher) and the exact McNemar p-value, a sign test when there are ties
+(evaluation.paired_comparison), printed as a table or, with --json, as JSON.
 --verdicts compares verdict scores (each verdict counted; evaluation.verdict_scores) instead of P(chosen).
 """
 from __future__ import annotations
@@ -90,7 +91,7 @@ def table(results: dict[str, dict]) -> str:
         lines.append(f"| {name} | {r['n']} | {r['accuracy_a']:.3f} | {r['accuracy_b']:.3f} | "
                      f"{r['difference']:+.3f}{mark} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['a_only']} | "
                      f"{r['b_only']} | {r['mcnemar_p']:.3g} |")
-    lines.append(f"\n* significant at {evaluation.SIGNIFICANCE_LEVEL} (exact McNemar test on the discordant pairs)")
+    lines.append(f"\n* significant at {evaluation.SIGNIFICANCE_LEVEL} (exact McNemar / sign test on the discordant pairs)")
     skipped = {n: (r["only_a"], r["only_b"]) for n, r in results.items() if r["only_a"] or r["only_b"]}
     for n, (oa, ob) in skipped.items():
         lines.append(f"{n}: {oa} pairs judged only by A and {ob} only by B were left out")

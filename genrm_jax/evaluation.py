@@ -342,18 +342,23 @@ def paired_bootstrap_ci(scores_a: np.ndarray, scores_b: np.ndarray, *, n_boot: i
 
 
 def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, *, n_boot: int = 10_000, seed: int = 0) -> dict:
-    """Judge A against judge B on the same examples (per-example scores, 0 / 1/2 / 1, in the same order):
-    {"n", "accuracy_a", "accuracy_b", "difference" (a - b), "ci95" (paired bootstrap), "a_only", "b_only"
-    (discordant examples: right for one judge only; a tie at 1/2 is not right), "mcnemar_p" (exact, two-sided),
-    "significant" (p < SIGNIFICANCE_LEVEL)}."""
+    """Judge A against judge B on the same examples (per-example scores in [0, 1]: 0 / 1 right or wrong, 1/2 a
+    tie, other fractions for verdict scores over k samples; in the same order): {"n", "accuracy_a",
+    "accuracy_b", "difference" (a - b), "ci95" (paired bootstrap), "a_only", "b_only" (discordant examples: those
+    A scores higher than B, and the reverse), "mcnemar_p" (exact, two-sided), "significant" (p <
+    SIGNIFICANCE_LEVEL)}.
+
+    With right / wrong scores the discordant examples are McNemar's (right for one judge only); with ties the test
+    is its generalisation, the exact sign test over the examples whose scores differ, so that a tie becoming wrong
+    counts against A as a tie becoming right counts for it (counting only "right", above 1/2, missed the first and
+    could call a change significant whose mean difference was nil)."""
     a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired_comparison: score arrays of shapes {a.shape} and {b.shape}; expected one equal "
                          f"1-D shape (the same examples in the same order)")
     if not len(a):
         raise ValueError("paired_comparison: no examples to compare")
-    right_a, right_b = a > 0.5, b > 0.5
-    a_only, b_only = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+    a_only, b_only = int(np.sum(a > b)), int(np.sum(b > a))
     p = mcnemar_exact(a_only, b_only)
     lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
     return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()),

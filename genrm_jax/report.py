@@ -59,6 +59,12 @@ def bias_stage(run: runs.Run, stage: str, judge, records: list[dict], eval_cfg) 
     return run.finish(stage, rep)
 
 
+def evaluates_iteration(eval_cfg, t: int, iterations: int) -> bool:
+    """Whether a loop evaluates its judge after iteration t of `iterations`: after every one, or with
+    `config.eval.every_iteration=false` after the last only (the STaR loop and Self-Rationalization)."""
+    return t == iterations or bool((eval_cfg or {}).get("every_iteration", True))
+
+
 def bias_headline(rep: dict | None) -> dict:
     """The bias figures that go in report tables."""
     if not rep:

@@ -63,7 +63,8 @@ def config(module, preset, overrides=()):
         node = c
         for g in groups:
             node = node[g]
-        node[leaf] = type(node[leaf])(value)
+        kind = type(node[leaf])
+        node[leaf] = {"true": True, "false": False}[value.lower()] if kind is bool else kind(value)
     return c
 
 

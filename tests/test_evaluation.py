@@ -155,11 +155,18 @@ def test_paired_comparison_counts_and_significance():
     a = np.array([1.0] * 8 + [0.0] * 2 + [1.0] * 30 + [0.0] * 10 + [0.5] * 4)
     b = np.array([0.0] * 8 + [1.0] * 2 + [1.0] * 30 + [0.0] * 10 + [1.0] * 4)
     r = ev.paired_comparison(a, b)
-    # a tie (1/2) is not right, so the last 4 examples are right for B only
+    # the last 4 examples are ties for A, right for B: B scores higher
     assert (r["a_only"], r["b_only"], r["n"]) == (8, 6, 54)
     assert r["mcnemar_p"] == pytest.approx(ev.mcnemar_exact(8, 6))
     assert r["difference"] == pytest.approx(a.mean() - b.mean())
     assert r["ci95"][0] <= r["difference"] <= r["ci95"][1] and not r["significant"]
+    # ties: a tie that becomes wrong counts against A as one that becomes right counts for it (the sign test); with
+    # only "right" counted, 10 ties -> right and 7 ties -> wrong read as 10 : 0, p = 0.002, for a difference of 0.0075
+    ties = ev.paired_comparison(np.r_[np.ones(10), np.zeros(7), np.full(183, 0.5)], np.full(200, 0.5))
+    assert (ties["a_only"], ties["b_only"]) == (10, 7) and ties["mcnemar_p"] == pytest.approx(ev.mcnemar_exact(10, 7))
+    assert not ties["significant"] and ties["difference"] == pytest.approx(0.0075)
+    k2 = ev.paired_comparison(np.array([0.75, 0.25, 1.0]), np.array([0.5, 0.5, 1.0]))  # verdict scores, k = 2
+    assert (k2["a_only"], k2["b_only"]) == (1, 1)
     strong = ev.paired_comparison(np.ones(60), np.r_[np.ones(30), np.zeros(30)])
     assert strong["significant"] and strong["mcnemar_p"] == pytest.approx(2 / 2 ** 30)
     with pytest.raises(ValueError, match="equal"):

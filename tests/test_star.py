@@ -174,6 +174,15 @@ def test_rationalized_pairs_hinted_correct_against_own_incorrect_same_pair_and_o
 # ------------------------------------------------------------------------------------------ parts
 
 
+def test_which_iterations_are_evaluated():
+    from genrm_jax import report
+
+    every = [t for t in range(1, 4) if report.evaluates_iteration({"every_iteration": True}, t, 3)]
+    assert every == [1, 2, 3] == [t for t in range(1, 4) if report.evaluates_iteration(None, t, 3)]
+    assert [t for t in range(1, 4) if report.evaluates_iteration({"every_iteration": False}, t, 3)] == [3]
+    assert report.evaluates_iteration({"every_iteration": False}, 1, 1)
+
+
 def test_what_a_method_asks_of_the_loop_is_checked_before_anything_loads():
     from genrm_jax import methods
     from genrm_jax.star import loop
@@ -218,11 +227,12 @@ def test_parts_are_a_seeded_balanced_partition_independent_of_input_order():
 
 # ------------------------------------------------------------------------------ experiments end to end
 
-EXPERIMENTS = {  # name: (module, preset)
-    "star_sft": ("star_sft", "smoke"),
-    "star_dpo": ("star_dpo", "smoke"),
-    "rationalizer": ("rationalizer", "smoke"),
-    "rationalizer_ipo": ("rationalizer", "smoke_ipo"),
+EXPERIMENTS = {  # name: (module, preset, overrides)
+    "star_sft": ("star_sft", "smoke", ()),
+    "star_dpo": ("star_dpo", "smoke", ()),
+    "rationalizer": ("rationalizer", "smoke", ()),
+    # evaluated before training and after the last iteration only
+    "rationalizer_ipo": ("rationalizer", "smoke_ipo", ("--config.eval.every_iteration=false",)),
 }
 
 
@@ -238,10 +248,10 @@ def smoke(tmp_path_factory, env):
 
     def get(name):
         if name not in done:
-            module, preset = EXPERIMENTS[name]
+            module, preset, overrides = EXPERIMENTS[name]
             workdir = tmp_path_factory.mktemp(name) / "run"
             log = str(workdir) + ".log"
-            rc = _run(_cmd(module, preset, workdir), env, log)
+            rc = _run(_cmd(module, preset, workdir, overrides), env, log)
             assert rc == 0, _tail(log)
             done[name] = workdir
         return done[name]
@@ -292,20 +302,23 @@ def _check_export(export, trained: bool):
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
-    module, preset = EXPERIMENTS[name]
+    module, preset, overrides = EXPERIMENTS[name]
     workdir = smoke(name)
-    c = _config(module, preset)
+    c = _config(module, preset, overrides)
     k = c.star.samples // 2
     report = _strict_json((workdir / "report.json").read_text())
     rows = report["rows"]
     stages = [r["stage"] for r in rows]
     if report["stopped"] is None:
-        assert stages == ["eval_0", "eval_1", "eval_2", "eval_3"]
+        assert stages == (["eval_0", "eval_1", "eval_2", "eval_3"] if c.eval.every_iteration
+                          else ["eval_0", "train_1", "train_2", "eval_3"])
     else:
-        assert 1 <= len(rows) < 4 and stages == [f"eval_{t}" for t in range(len(rows))]
-        assert "nothing to train on" in report["stopped"]
+        assert 1 <= len(rows) < 4 and stages[0] == "eval_0" and "nothing to train on" in report["stopped"]
+        assert stages[1:] == [f"{'eval' if c.eval.every_iteration else 'train'}_{t}" for t in range(1, len(rows))]
     assert report["method"] == c.method and report["preset"] == preset
-    for r in rows:
+    evaluated = [r for r in rows if r["stage"].startswith("eval_")]
+    assert sorted(os.listdir(workdir / "eval")) == sorted(r["stage"] for r in evaluated)  # nothing else judged
+    for r in evaluated:
         assert isinstance(r["hh-rlhf-held-out/accuracy"], float)
     # the bias section: before training and after the last iteration (judge/bias.py)
     for r in (rows[0], rows[-1]):
@@ -313,7 +326,7 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
     assert "| bias master_key_rate |" in (workdir / "report.md").read_text()
     # significance: every trained stage against the untrained judge of the run, on the same pairs
     from genrm_jax import evaluation
-    for r in rows[1:]:
+    for r in evaluated[1:]:
         vs = r["hh-rlhf-held-out/vs_eval_0"]
         want = evaluation.compare_judgments(
             evaluation.read_judgments(workdir / "eval" / r["stage"] / "judgments-hh-rlhf-held-out.jsonl"),
@@ -352,7 +365,8 @@ def test_smoke_experiment_end_to_end(name, smoke, env, tmp_path):
         if t < len(rows):
             assert _jsonl(train_file) == _roundtrip(expected) and expected
             sft = c.method in ("star_sft", "rationalizer")
-            fields = {"messages", "target", "source"} if sft else {"messages", "chosen", "rejected", "source"}
+            fields = {"messages", "target", "source", "group"} if sft else {"messages", "chosen", "rejected", "source",
+                                                                             "group"}
             assert all(set(r) == fields for r in expected)
             row = rows[t]
             assert row["training_records"] == len(expected) and row["pairs"] == len(parts[t - 1])

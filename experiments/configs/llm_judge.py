@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         invalid_score=0.5, max_answer_tokens=128, stop_strings=(), reward_eps=1e-3,
     ))
     c.per_method = ml_collections.ConfigDict({"genrm": {"position": "both"}})  # overrides of `judge`
-    c.engine = ml_collections.ConfigDict(dict(max_batch=16, cache_dtype="float32"))
+    c.engine = ml_collections.ConfigDict(dict(max_batch=16, cache_dtype="float32", share_prefix=True))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # as presets.base: the device mesh
     c.kernels = "auto"  # LlamaConfig.kernels ("auto": XLA's under a mesh of several devices)
 

@@ -16,7 +16,9 @@ prompt* [prompts, kv_heads, prompt_slots, head_dim], and the generated tokens' K
 attends to the prompt with all n x (heads per KV head) queries of that prompt as one matrix (a real matmul
 instead of n thin ones, and the prompt's cache is read once, not n times), then joins the softmax with the
 row's own generated keys. Prompts are left-padded to a shape bucket: every row writes the same cache slot at
-each step (one scalar index).
+each step (one scalar index). Tokens that every prompt of a call starts with (a judge's instructions) run once,
+through `prefix_pass`; `prefill` and `score` then run only each prompt's own tokens, attending to that prefix's
+K/V, and the cache they leave is laid out as if each whole prompt had been prefilled.
 """
 from __future__ import annotations
 

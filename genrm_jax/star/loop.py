@@ -6,7 +6,8 @@
       2. selects training records from them (star/selection.py, pure): <workdir>/train/iter_<t>.jsonl;
       3. fine-tunes from the current weights (finetune.fit; DPO's reference = the model at the start of the
          iteration): <workdir>/train/iter_<t>/ (checkpoints, metrics);
-      4. evaluates the new judge on the held-out sets (stage eval_<t>),
+      4. evaluates the new judge on the held-out sets (stage eval_<t>; with `config.eval.every_iteration=false`
+         only after the last iteration),
     and moves on with the new weights, which the sampling engine takes without recompiling (Engine.set_params).
 
 Every step is a stage of the run directory: a rerun after a kill skips finished stages, resumes sampling at
@@ -138,9 +139,13 @@ def run_loop(run: runs.Run, model, engine, method: methods.Method, star: StarCon
         run.finish(f"train_{t}", info)
         run.log({"event": "trained", "iteration": t, "steps": info["steps"], "final_loss": info["final_loss"]})
         engine.set_params(params)
-        rep = report.evaluate(run, f"eval_{t}", judge, eval_sets, seed=seed, ks=ks, progress=progress)
         sampled = summary.get("sampled", summary.get("hinted", {}))
-        rows.append({"stage": f"eval_{t}", "iteration": t, **report.headline(rep),
+        if report.evaluates_iteration(eval_cfg, t, star.iterations):
+            rep = report.evaluate(run, f"eval_{t}", judge, eval_sets, seed=seed, ks=ks, progress=progress)
+            row = {"stage": f"eval_{t}", "iteration": t, **report.headline(rep)}
+        else:  # the iteration's counts without an evaluation
+            row = {"stage": f"train_{t}", "iteration": t}
+        rows.append({**row,
                      "pairs": sampled.get("pairs"), "pairs_with_correct": sampled.get("pairs_with_correct"),
                      "sample_invalid_rate": sampled.get("invalid_rate"),
                      "training_records": summary["training_records"], "train_steps": info["steps"],

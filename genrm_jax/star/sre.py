@@ -365,8 +365,11 @@ def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, 
                 **{f"{task}_{k}": v for task, s in summary_t.items() for k, v in s.items()
                    if k in ("correct_rate", "pairs", "groups_without_pairs")}}
         last = t == sre.iterations
-        rows += [dict(r, method=f"SRE iteration {t}", **cols)
-                 for r in ev(f"eval_iter_{t}", bias_cfg=eval_cfg if last else None)]
+        if report.evaluates_iteration(eval_cfg, t, sre.iterations):
+            rows += [dict(r, method=f"SRE iteration {t}", **cols)
+                     for r in ev(f"eval_iter_{t}", bias_cfg=eval_cfg if last else None)]
+        else:  # config.eval.every_iteration=false: the iteration's counts without an evaluation
+            rows.append(dict(stage=f"train_iter_{t}", method=f"SRE iteration {t}", **cols))
     if "best_of_n" in sre.baselines and first_lines:
         bon = [r for task in sre.tasks for r in selection.best_of_n(selection.groups(first_lines[task]))]
         if bon:
