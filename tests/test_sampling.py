@@ -284,8 +284,10 @@ def test_prefix_bucket_and_what_is_shared(tiny_model):
     eng = sampling.Engine(tiny_model, max_batch=8)
     assert eng._shared_prefix(PREFIXED) == 32
     assert eng._shared_prefix(PREFIXED[:1]) == 0  # one prompt: its samples share its prefill anyway
-    assert eng._shared_prefix([_SHARED[:33], _SHARED + [5]]) == 32  # the shortest keeps a token of its own
-    assert eng._shared_prefix([_SHARED[:32], _SHARED + [5]]) == 0
+    assert eng._shared_prefix(PREFIXED[:2] * 3) == 0  # two distinct prompts (one pair's two orders): not worth it
+    assert eng._shared_prefix(PREFIXED[:3]) == 32
+    assert eng._shared_prefix([_SHARED[:33], _SHARED + [5], _SHARED + [6]]) == 32  # the shortest keeps a token
+    assert eng._shared_prefix([_SHARED[:32], _SHARED + [5], _SHARED + [6]]) == 0
     assert eng._shared_prefix(PROMPTS) == 0
     assert sampling.Engine(tiny_model, max_batch=8, share_prefix=False)._shared_prefix(PREFIXED) == 0
 

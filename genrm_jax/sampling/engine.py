@@ -284,9 +284,11 @@ class Engine:
     def _shared_prefix(self, prompts) -> int:
         """How many leading tokens the prompts of a call all share, run once per call: their common prefix
         rounded down by `prefix_bucket`, leaving every prompt at least one token of its own (its last position
-        gives the next-token logits). 0 for a single prompt (its n samples share its prefill anyway), under a
-        mesh, or with `share_prefix=False`."""
-        if not self.share_prefix or len(prompts) < 2:
+        gives the next-token logits). 0 under a mesh, with `share_prefix=False`, or for fewer than three distinct
+        prompts: a prompt's n samples share its prefill anyway, and the two orders of one pair (a judge server's
+        lone request) share their question too, a prefix of a new length for each request, each its own
+        compilation, for the saving of one prompt's instructions."""
+        if not self.share_prefix or len({tuple(p) for p in prompts}) < 3:
             return 0
         common = min(len(p) for p in prompts) - 1
         for p in prompts[1:]:
