@@ -91,7 +91,8 @@ def table(results: dict[str, dict]) -> str:
         lines.append(f"| {name} | {r['n']} | {r['accuracy_a']:.3f} | {r['accuracy_b']:.3f} | "
                      f"{r['difference']:+.3f}{mark} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['a_only']} | "
                      f"{r['b_only']} | {r['mcnemar_p']:.3g} |")
-    lines.append(f"\n* significant at {evaluation.SIGNIFICANCE_LEVEL} (exact McNemar / sign test on the discordant pairs)")
+    lines.append(f"\n* significant at {evaluation.SIGNIFICANCE_LEVEL} (exact McNemar / sign test on the discordant "
+                 "pairs)")
     skipped = {n: (r["only_a"], r["only_b"]) for n, r in results.items() if r["only_a"] or r["only_b"]}
     for n, (oa, ob) in skipped.items():
         lines.append(f"{n}: {oa} pairs judged only by A and {ob} only by B were left out")

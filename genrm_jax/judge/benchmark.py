@@ -118,7 +118,8 @@ CACHE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_engine(c) -> None:
-    """`c.model` and `c.engine` (max_batch, cache_dtype, share_prefix) of an experiment config; ConfigError naming the field."""
+    """`c.model` and `c.engine` (max_batch, cache_dtype, share_prefix) of an experiment config; ConfigError naming
+    the field."""
     if not c.model:
         raise ConfigError("config.model: empty; give a registered name, GGUF file or Hugging Face directory")
     if not isinstance(c.engine.max_batch, int) or c.engine.max_batch < 1:

@@ -9,5 +9,5 @@
 from genrm_jax.sampling.engine import Completion, Continuation, Engine, batch_bucket, length_bucket, prefix_bucket
 from genrm_jax.sampling.tokens import Mode, SamplingParams, sample_tokens
 
-__all__ = ["Completion", "Continuation", "Engine", "Mode", "SamplingParams", "batch_bucket", "length_bucket", "prefix_bucket",
-           "sample_tokens"]
+__all__ = ["Completion", "Continuation", "Engine", "Mode", "SamplingParams", "batch_bucket", "length_bucket",
+           "prefix_bucket", "sample_tokens"]
