@@ -114,8 +114,11 @@ def rows(loaded: dict[str, dict | None], methods: Sequence[str], *,
         got = loaded.get(m)
         evals = eval_rows(got["report"]) if got else []
         if got and m not in failures and got["report"].get("method") == "self_rationalization" and evals:
-            # one row per judge it reports: J_SFT, the baselines and each iteration, pairwise and pointwise
-            out += [summarize(f"{r.get('method')} ({r.get('judge')})", "trained", m, r, got["stages"]) for r in evals]
+            # one row per judge it reports: the untrained ones (eval_0_<judge>), J_SFT, the baselines and each
+            # iteration, pairwise and pointwise
+            out += [summarize(f"{r.get('method')} ({r.get('judge')})",
+                              "zero-shot" if str(r["stage"]).startswith("eval_0_") else "trained", m, r, got["stages"])
+                    for r in evals]
             continue
         if m in failures or not evals:
             out.append(missing(m, "trained", m, failures.get(m) or
@@ -255,7 +258,7 @@ def footnotes(rows_: list[dict], *, preset: str, model: str | None, eval_pairs: 
     if zero:
         notes.append("Zero-shot rows: the base model" + (f" ({model})" if model else "") + ", before any training, "
                      "judged by the same judges on the same evaluation sets as the trained methods ("
-                     + "; ".join(f"{r['method']}: {r['run']}/eval_0" for r in zero) + ").")
+                     + "; ".join(f"{r['method']}: {r['run']}/{r['stage']}" for r in zero) + ").")
     notes.append("Each method's row is its last evaluation (run/stage in the eval column).")
     sizes = f" ({', '.join(f'{k}: {v} pairs' for k, v in eval_pairs.items())})" if eval_pairs else ""
     notes.append(f"All runs use preset {preset!r}: the same data config and seed, so the same train / held-out "

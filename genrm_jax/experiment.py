@@ -82,7 +82,7 @@ def run(c, workdir: str, *, progress: bool = True) -> dict:
           + ", ".join(f"{k} {len(v)} pairs" for k, v in setup.eval_sets.items()) + f"; run directory {r.dir}",
           flush=True)
     out = part.run(r, setup, model, eng, progress)
-    out.rows = report.significance(r, out.rows)  # every trained stage against the untrained judge (eval_0)
+    out.rows = report.significance(r, out.rows, out.baseline)  # each trained stage against the untrained judge
     extra = {"mesh": dict(setup.mesh.shape) if setup.mesh is not None else None, "method": method.name,
              "preset": c.preset, "data_rows_skipped": splits.skip_counts(setup.skipped),
              "training_pairs": len(setup.train), "eval_pairs": {k: len(v) for k, v in setup.eval_sets.items()},

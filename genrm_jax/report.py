@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -17,16 +17,23 @@ from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from genrm_jax.judge import benchmark, bias
 
 
+ZERO_SHOT_STAGE = "eval_0"  # the untrained judge of the same run: what every later stage is compared against
+VS = "vs_" + ZERO_SHOT_STAGE
+VERDICT_VS = "verdict_" + VS  # the same comparison on verdict scores (each verdict counted, evaluation.py)
+
+
 @dataclasses.dataclass
 class Outcome:
     """What a method's part hands the experiment skeleton: the final weights (None: nothing was trained, nothing
-    to export), report rows, report fields, a trained reward head, the report's title and table columns."""
+    to export), report rows, report fields, a trained reward head, the report's title and table columns, and the
+    stage each row is compared against (`significance`'s `baseline`)."""
     params: Any
     rows: list[dict]
     extra: dict
     head: Any = None
     title: str = ""
     columns: Sequence[str] | None = None
+    baseline: str | Callable[[dict], str] = ZERO_SHOT_STAGE
 
 
 def evaluate(run: runs.Run, stage: str, judge, eval_sets: dict[str, list[dict]], *, seed: int = 0,
@@ -95,25 +102,20 @@ def headline(reports: dict) -> dict:
     return row
 
 
-ZERO_SHOT_STAGE = "eval_0"  # the untrained judge of the same run: what every later stage is compared against
-VS = "vs_" + ZERO_SHOT_STAGE
-VERDICT_VS = "verdict_" + VS  # the same comparison on verdict scores (each verdict counted, evaluation.py)
-
-
-def significance(run: runs.Run, rows: list[dict], baseline: str = ZERO_SHOT_STAGE) -> list[dict]:
+def significance(run: runs.Run, rows: list[dict],
+                 baseline: str | Callable[[dict], str] = ZERO_SHOT_STAGE) -> list[dict]:
     """`rows` with, for every stage evaluated after `baseline` on the same sets, `<set>/vs_eval_0`: the accuracy
     difference on the same pairs with its paired bootstrap 95% interval and the exact McNemar p-value
     (evaluation.compare_judgments; `significant` at p < 0.01), read from the per-pair judgments in eval/; and
-    `<set>/verdict_vs_eval_0`, the same on verdict scores."""
-    base_dir = run.path("eval", baseline)
-    if not os.path.isdir(base_dir):
-        return rows
+    `<set>/verdict_vs_eval_0`, the same on verdict scores. `baseline`: the untrained judge's stage, or a function
+    of the row that names it (Self-Rationalization compares each of its judges with the same judge untrained)."""
     out = []
     for row in rows:
         row = dict(row)
         stage = row.get("stage")
-        stage_dir = run.path("eval", str(stage))
-        if stage and stage != baseline and os.path.isdir(stage_dir):
+        base_stage = baseline(row) if callable(baseline) else baseline
+        base_dir, stage_dir = run.path("eval", base_stage), run.path("eval", str(stage))
+        if stage and stage != base_stage and os.path.isdir(stage_dir) and os.path.isdir(base_dir):
             for name in sorted(os.listdir(stage_dir)):
                 base = os.path.join(base_dir, name)
                 if name.startswith("judgments-") and name.endswith(".jsonl") and os.path.exists(base):

@@ -69,4 +69,5 @@ def test_the_learn_preset_passes_every_check_before_the_model_loads(module):
     m = methods.of_config(c)
     setup = experiment.prepare(c, m, experiment.PARTS[m.part])
     verifiable = {len(v) for k, v in setup.eval_sets.items() if k.startswith("verifiable")}
-    assert len(setup.train) == 192 and verifiable == {200}
+    # 192 training pairs (Self-Rationalization: 96, its four evaluations of rubric prompts take most of its run)
+    assert len(setup.train) == (96 if module == "self_rationalization" else 192) and verifiable == {200}

@@ -304,8 +304,14 @@ def reference(tmp_path_factory, env):
 def test_smoke_reports_jsft_baselines_and_both_iterations(reference):
     report = strict_json((reference / "report.json").read_text())
     methods = [(r["method"], r["judge"]) for r in report["rows"]]
-    assert methods == [(m, j) for m in ("J_SFT", "self-consistency@3", "SRE iteration 1", "SRE iteration 2",
-                                        "best-of-2 SFT") for j in ("pairwise", "pointwise")]
+    assert methods == [(m, j) for m in ("zero-shot", "J_SFT", "self-consistency@3", "SRE iteration 1",
+                                        "SRE iteration 2", "best-of-2 SFT") for j in ("pairwise", "pointwise")]
+    # every trained judge is compared with the same judge untrained, on the same pairs (report.significance)
+    for r in report["rows"]:
+        vs = r.get("hh-rlhf-held-out/vs_eval_0")
+        assert (vs is None) == (r["method"] == "zero-shot"), r["stage"]
+        if vs is not None:
+            assert vs["n"] >= 1 and 0.0 <= vs["mcnemar_p"] <= 1.0
     for r in report["rows"]:
         assert 0.0 <= r["hh-rlhf-held-out/accuracy"] <= 1.0
     # the bias section of each judge, before the DPO iterations (J_SFT) and after the last one
@@ -322,7 +328,7 @@ def test_smoke_reports_jsft_baselines_and_both_iterations(reference):
     for t in ("pointwise", "pairwise"):
         want += selection.sre_pairs(selection.groups(lines[t]), "correct", max_pairs=2)[0]
     assert recs == json.loads(json.dumps(want))
-    assert report["rows"][4]["training_records"] == len(recs)
+    assert report["rows"][6]["training_records"] == len(recs)
     assert (reference / "export" / "config.json").exists()
     assert sre.SreConfig().samples == 10 and sre.SreConfig().iterations == 2  # the paper's N and T
 
@@ -386,9 +392,10 @@ def test_ablation_table_gains_a_row_per_sre_judge(reference):
 
     loaded = {"self_rationalization": ablation_report.load_run(str(reference))}
     rows = ablation_report.rows(loaded, ["self_rationalization"])
-    assert [r["method"] for r in rows] == [f"{m} ({j})" for m in ("J_SFT", "self-consistency@3", "SRE iteration 1",
-                                                                  "SRE iteration 2", "best-of-2 SFT")
+    assert [r["method"] for r in rows] == [f"{m} ({j})" for m in ("zero-shot", "J_SFT", "self-consistency@3",
+                                                                  "SRE iteration 1", "SRE iteration 2", "best-of-2 SFT")
                                            for j in ("pairwise", "pointwise")]
+    assert [r["kind"] for r in rows] == ["zero-shot"] * 2 + ["trained"] * 10
     report = strict_json((reference / "report.json").read_text())
     for row, src in zip(rows, report["rows"]):
         assert row["status"] == "ok" and row["stage"] == src["stage"]
@@ -426,12 +433,16 @@ def test_gold_scored_data_multitask_seed_and_margin(env, tmp_path):
     log = str(tmp_path / "run.log")
     overrides = [f"--config.data.pointwise_path={path}", "--config.sre.seed_mode=multitask",
                  "--config.sre.margin=1", "--config.sre.samples=4", "--config.sre.baselines=()",
-                 "--config.sre.iterations=1"]
+                 "--config.sre.iterations=1", "--config.eval.every_iteration=false"]
     assert run(command("self_rationalization", "smoke", workdir, overrides), env, log) == 0, tail(log)
     report = strict_json((workdir / "report.json").read_text())
     assert report["seed_mode"] == "multitask" and report["gold_eval_items"] > 0
-    point = [r for r in report["rows"] if r["judge"] == "pointwise"]
-    assert [r["method"] for r in point] == ["J_SFT", "SRE iteration 1"]
+    # evaluated untrained and after the last iteration only: J_SFT's row holds its training counts
+    assert [(r["stage"], r["method"]) for r in report["rows"]] == [
+        ("eval_0_pairwise", "zero-shot"), ("eval_0_pointwise", "zero-shot"), ("train_sft", "J_SFT"),
+        ("eval_iter_1_pairwise", "SRE iteration 1"), ("eval_iter_1_pointwise", "SRE iteration 1")]
+    assert report["rows"][2]["training_records"] > 0 and not (workdir / "eval" / "eval_sft_pointwise").exists()
+    point = [r for r in report["rows"] if r.get("judge") == "pointwise"]
     # every pair trained on is at least the margin apart, a gold-score judgment first
     lines = jsonl(workdir / "samples" / "iter_1_pointwise.jsonl")
     texts = {x["text"]: (x["score"], x["correct"]) for line in lines for x in line["judgments"]}

@@ -9,7 +9,8 @@ Presets:
            helpfulness / harmlessness rubrics), 12 training pairs, 4 judgments per input, 2 iterations, evaluated on
            the held-out HH-RLHF pairs only (no RewardBench sample): under 20 minutes on 2 cores
   learn    the verifiable pairs of the `learn` preset (experiments/configs/learn.py) judged under a correctness
-           rubric; ten evaluations of 431 pairs in both orders: hours on 2 cores (docs/learning.md)
+           rubric; 96 training pairs, no baselines, the untrained and the final judge evaluated on 431 pairs in
+           both orders (docs/learning.md)
   small    the same model at a scale where the comparison can say something (hours here, minutes on a GPU)
   paper    Llama-3.1-8B-Instruct by path (--config.model), Preference-Collection pairs (--config.data.train_path)
            and Feedback-Collection gold scores (--config.data.pointwise_path) by path, N = 10, 5000 then 500
@@ -57,6 +58,12 @@ def get_config(arg: str | None = None):
         c.judge.max_prompt_tokens = c.pointwise.max_prompt_tokens = 416
         c.sre.max_new_tokens = c.judge.max_new_tokens
         c.train.update(max_len=448, buckets=(448,))
+        # Four evaluations of 431 pairs in both orders (the untrained and the final judge, pairwise and pointwise:
+        # ~8 minutes each here) are most of the run, so J_SFT and the DPO iterations get 32 inputs each (96
+        # training pairs), one DPO pair per input, and no self-consistency or best-of-N baseline (each is two
+        # more evaluations).
+        c.data.verifiable.train_per_family = 48
+        c.sre.update(baselines=(), pairs_per_input=1)
     elif preset == "paper":
         c.data.update(train_format="preference-collection", pointwise_eval=1000)
         c.pointwise.update(max_new_tokens=1024, max_answer_tokens=None, max_prompt_tokens=None)

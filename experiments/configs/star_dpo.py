@@ -10,6 +10,4 @@ def get_config(arg: str | None = None):
     preset = arg or "default"
     c = presets.base(preset, "star_dpo")
     c.train.beta = 1.0
-    if preset == "learn":  # one pass over an iteration's pairs: the DPO loss is ~0 after it (docs/learning.md)
-        c.train.epochs = 1
     return c

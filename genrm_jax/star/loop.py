@@ -130,6 +130,9 @@ def run_loop(run: runs.Run, model, engine, method: methods.Method, star: StarCon
                           if ft.kind in ("dpo", "ipo")
                           else "no judgment was correct") + ": the loop stops here")
             print(stopped, flush=True)
+            if rows[-1]["stage"] == f"train_{t - 1}":  # every_iteration=false left the last judge unevaluated
+                rows[-1].update(stage=f"eval_{t - 1}", **report.headline(report.evaluate(
+                    run, f"eval_{t - 1}", judge, eval_sets, seed=seed, ks=ks, progress=progress)))
             break
         if run.main:
             runs.write_jsonl(run.path("train", f"iter_{t}.jsonl"), records)

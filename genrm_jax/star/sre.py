@@ -34,6 +34,7 @@ from genrm_jax.star import judgments as sampling
 from genrm_jax.star import selection
 
 TASKS = ("pointwise", "pairwise")
+ZERO_SHOT = "zero-shot"  # the report rows' method of the untrained judges (stages eval_0_<task>)
 BASELINES = ("self_consistency", "best_of_n")
 
 
@@ -335,13 +336,18 @@ def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, 
     inputs = split_inputs(sre, train, gold["train"], seed)
     ev = lambda stage, **kw: evaluate(run, stage, judges, eval_sets, gold["eval"], seed=seed, ks=ks,  # noqa: E731
                                       progress=progress, **kw)
+    # the untrained model as both judges: what every later judge is compared against (report.significance)
+    rows = [dict(r, method=ZERO_SHOT) for r in ev(report.ZERO_SHOT_STAGE)]
     params, info = seed_judge(run, judges, model, ft, inputs, progress, mesh)
     run.log({"event": "seed", **runs.flatten(info)})
     summaries = {"seed": info}
     sft_params = params
     engine.set_params(params)
-    # bias before the DPO iterations (J_SFT) and after the last one; config.eval.bias=false skips it
-    rows = [dict(r, method="J_SFT", **_seed_cols(info)) for r in ev("eval_sft", bias_cfg=eval_cfg)]
+    if report.evaluates_iteration(eval_cfg, 0, sre.iterations):
+        # bias before the DPO iterations (J_SFT) and after the last one; config.eval.bias=false skips it
+        rows += [dict(r, method="J_SFT", **_seed_cols(info)) for r in ev("eval_sft", bias_cfg=eval_cfg)]
+    else:  # config.eval.every_iteration=false: J_SFT's counts without an evaluation
+        rows.append(dict(stage="train_sft", method="J_SFT", **_seed_cols(info)))
     if "self_consistency" in sre.baselines:
         rows += [dict(r, method=f"self-consistency@{sre.consistency_samples}")
                  for r in ev("eval_self_consistency", consistency=sre.consistency_samples)]
@@ -354,6 +360,12 @@ def run_sre(run, model, engine, sre: SreConfig, ft, pair_cfg, point_cfg, train, 
         summaries[f"iteration_{t}"] = summary_t
         if not records:
             print(f"iteration {t}: no preference pair ({summary_t}); the loop stops here", flush=True)
+            # every_iteration=false may have left the judge trained last (the engine's weights) unevaluated
+            stage = "sft" if t == 1 else f"iter_{t - 1}"
+            at = next((i for i, r in enumerate(rows) if r["stage"] == f"train_{stage}"), None)
+            if at is not None:
+                counts = rows.pop(at)
+                rows[at:at] = [{**counts, **r} for r in ev(f"eval_{stage}", bias_cfg=eval_cfg)]
             break
         if run.main:
             runs.write_jsonl(run.path("train", f"iter_{t}.jsonl"), records)
@@ -437,7 +449,8 @@ class _Part:
         return report.Outcome(params, rows, {"selection": sre.selection, "seed_mode": sre.seed_mode,
                                              "gold_eval_items": len(gold["eval"]), "stages": summaries},
                               title=f"Self-Rationalization ({setup.c.preset}, selection: {sre.selection})",
-                              columns=[k for k in COLUMNS if any(k in r for r in rows)])
+                              columns=[k for k in COLUMNS if any(k in r for r in rows)],
+                              baseline=lambda row: f"{report.ZERO_SHOT_STAGE}_{row.get('judge')}")
 
 
 PART = _Part()
