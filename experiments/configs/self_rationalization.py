@@ -7,7 +7,7 @@ Presets:
   smoke    the tiny random model, a dozen pairs: seconds, for tests
   default  the embedded SmolLM2-135M-Instruct on HH-RLHF (pointwise judgments built from pairs under the
            helpfulness / harmlessness rubrics), 12 training pairs, 4 judgments per input, 2 iterations, evaluated on
-           the held-out HH-RLHF pairs only (no RewardBench sample): under 20 minutes on 2 cores
+           the held-out HH-RLHF pairs only (no RewardBench sample): about 20 minutes on 2 cores
   learn    the verifiable pairs of the `learn` preset (experiments/configs/learn.py) judged under a correctness
            rubric; 96 training pairs, no baselines, the untrained and the final judge evaluated on 431 pairs in
            both orders (docs/learning.md)
@@ -44,8 +44,8 @@ def get_config(arg: str | None = None):
     if preset == "smoke":
         c.sre.update(samples=2, max_new_tokens=8, consistency_samples=3, chunk=4, sft_learning_rate=1e-3)
     elif preset == "default":
-        # Ten evaluations (five judges, pairwise and pointwise) of ~600-token rubric prompts: held-out HH-RLHF only,
-        # so that the run stays under 20 minutes on 2 cores; RewardBench sections come with `small` and `paper`.
+        # Twelve evaluations (six judges, pairwise and pointwise) of ~600-token rubric prompts: held-out HH-RLHF only,
+        # so that the run takes about 20 minutes on 2 cores; RewardBench sections come with `small` and `paper`.
         c.data.update(train_pairs=12, rewardbench_per_subset=0)
         c.judge.max_answer_tokens = c.pointwise.max_answer_tokens = 32
         c.sre.pairs_per_input = 1  # a DPO step on ~600-token pairs takes most of a minute here
