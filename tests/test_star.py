@@ -434,6 +434,44 @@ def test_iteration_with_nothing_to_train_on_stops_cleanly(env, tmp_path):
     assert any(e.get("event") == "sampled" and e.get("training_records") == 0 for e in events)
 
 
+# Runs an experiment as `python -m experiments.<name>` would, with iteration 2 finding nothing to train on:
+# argv = module, function (it returns (records, ...)), the index of its argument t, experiment, flags.
+_STOPS_AT_2 = """
+import importlib, runpy, sys
+module, name, t_at, experiment = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+mod = importlib.import_module(module)
+real = getattr(mod, name)
+def second_is_empty(*args):
+    out = real(*args)
+    return out if args[t_at] == 1 else ([], *out[1:])
+setattr(mod, name, second_is_empty)
+sys.argv = [experiment, *sys.argv[5:]]
+runpy.run_module(f"experiments.{experiment}", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("experiment, patch, stages", [
+    ("star_dpo", ["genrm_jax.star.loop", "iteration_records", "5"], ["eval_0", "eval_1"]),
+    ("self_rationalization", ["genrm_jax.star.sre", "iteration_pairs", "2"],
+     ["eval_0_pairwise", "eval_0_pointwise", "train_sft", "eval_iter_1_pairwise", "eval_iter_1_pointwise"])])
+def test_a_loop_stopping_early_evaluates_the_judge_it_trained_last(env, tmp_path, experiment, patch, stages):
+    # eval.every_iteration=false evaluates after the last iteration only; a loop that stops at iteration 2 must
+    # still evaluate iteration 1's judge (its weights are what the run exports) rather than report no result
+    workdir = tmp_path / "run"
+    log = str(tmp_path / "run.log")
+    flags = ["--config.eval.every_iteration=false", "--config.eval.bias=false"]
+    flags += ["--config.star.iterations=2"] if experiment == "star_dpo" else ["--config.sre.baselines=()"]
+    script = tmp_path / "stops_at_2.py"
+    script.write_text(_STOPS_AT_2)
+    cmd = [sys.executable, str(script), *patch, experiment, *_cmd(experiment, "smoke", workdir, flags)[3:]]
+    assert _run(cmd, env, log) == 0, _tail(log)
+    rows = _strict_json((workdir / "report.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == stages
+    for r in rows[len(stages) - (1 if experiment == "star_dpo" else 2):]:  # iteration 1's judge
+        assert r["training_records"] > 0 and r["train_steps"] > 0
+        assert "hh-rlhf-held-out/vs_eval_0" in r and (workdir / "eval" / r["stage"]).is_dir()
+
+
 # ------------------------------------------------------------------------------------ crash safety
 
 CRASH = ["--config.data.train_pairs=12", "--config.star.chunk=1", "--config.star.iterations=1",
