@@ -4,10 +4,13 @@
         [--config.methods=star_sft,star_dpo] [--config.overrides="--config.model=/path ..."] [--config.collect_only]
 
 Each method m runs as `python -m experiments.<m> --workdir <workdir>/<m> --config=experiments/configs/<m>.py:PRESET
-<overrides>` in a child process, its output streamed here with a "[m]" prefix and kept in <workdir>/logs/<m>.log.
-A finished sub-run resumes as finished (its stages are done), a killed one where it stopped: rerunning the
-ablation resumes it. Sub-runs share the preset's data config and seed, hence one train / held-out split and the
-same evaluation pairs; the table checks that every collected run has the preset and the split asked for.
+--config.eval.shared_dir=<workdir>/shared <overrides>` in a child process, its output streamed here with a "[m]"
+prefix and kept in <workdir>/logs/<m>.log. A finished sub-run resumes as finished (its stages are done), a killed
+one where it stopped: rerunning the ablation resumes it. Sub-runs share the preset's data config and seed, hence
+one train / held-out split and the same evaluation pairs; the table checks that every collected run has the
+preset and the split asked for. An untrained judge one sub-run evaluated is read by the next that would evaluate
+the same judge on the same pairs (<workdir>/shared, report.evaluate): star_sft, star_dpo and the rationalizer
+evaluate their one zero-shot judge once.
 
 Writes <workdir>/ablation.json (strict JSON), ablation.md and ablation.png (genrm_jax/ablation_report.py) and
 prints the table. Exit status 1 when a sub-run failed or the runs are not comparable (the table is written all
@@ -27,6 +30,7 @@ from genrm_jax import methods as registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "experiments", "configs", "ablation.py")
+SHARED = "shared"  # <workdir>/shared: the untrained judges' evaluations the sub-runs share
 
 
 def _methods(c) -> list[str]:
@@ -63,8 +67,10 @@ def _overrides(c) -> list[str]:
 
 def run_method(m: str, workdir: str, preset: str, overrides: list[str]) -> tuple[int, float]:
     """Runs (or resumes) one sub-run, streaming its output; returns (exit status, seconds)."""
+    # The sub-runs share their base model's evaluations (report.evaluate): the STaR methods' zero-shot judge is one.
     cmd = [sys.executable, "-m", f"experiments.{m}", "--workdir", os.path.join(workdir, m),
-           f"--config={os.path.join(REPO, 'experiments', 'configs', m + '.py')}:{preset}", *overrides]
+           f"--config={os.path.join(REPO, 'experiments', 'configs', m + '.py')}:{preset}",
+           f"--config.eval.shared_dir={os.path.join(workdir, SHARED)}", *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)

@@ -146,7 +146,7 @@ class _Part:
         else:
             base_judge = api.Judge(model, judge_cfg, engine=engine)
             before = report.evaluate(run, "eval_0", base_judge, eval_sets, seed=c.seed, ks=setup.ks,
-                                     progress=progress)
+                                     progress=progress, untrained=True)
             rows = [{"stage": "eval_0", **report.headline(before),
                      **report.bias_headline(report.bias_stage(run, "bias_0", base_judge,
                                                               eval_sets.get(splits.IN_DISTRIBUTION, []), c.eval))}]

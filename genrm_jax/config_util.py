@@ -51,6 +51,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.bias": (lambda v: isinstance(v, bool), "true or false"),
     "eval.bias_pairs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = every in-distribution pair)"),
     "eval.bias_attack_pairs": _NONE_OR_AT_LEAST_1,
+    "eval.shared_dir": (lambda v: isinstance(v, str), "a directory path, or '' (no sharing)"),
     "seed": (_is_int, "an integer"),
     "limit": _NONE_OR_AT_LEAST_1,
     "max_answer_tokens": _NONE_OR_AT_LEAST_1,

@@ -33,6 +33,11 @@ def initialize() -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def is_multi_process() -> bool:
+    """Whether this run spans several processes (jax.distributed initialised)."""
+    return jax.distributed.is_initialized()
+
+
 def is_main_process() -> bool:
     """Only process 0 writes reports, samples and exports; every process writes its checkpoint shards."""
     # Without jax.distributed there is one process: asking JAX would start a backend (and on a GPU take most of its

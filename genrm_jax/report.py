@@ -1,18 +1,22 @@
 """What an experiment reports: its evaluation stages, the headline numbers of each, and the report files.
 
     reps = report.evaluate(run, "eval_0", judge, eval_sets, seed=0, ks=(1,))  # a finished stage is read back
+    reps = report.evaluate(run, "eval_0", judge, eval_sets, untrained=True)  # shared with runs of the same base
     row = {"stage": "eval_0", **report.headline(reps)}
     report.write(run, rows, title="star_dpo (default)", extra={...})          # report.json, report.md, accuracy.png
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import shutil
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from genrm_jax import evaluation, runs
+from genrm_jax import distributed, evaluation, runs
 from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from genrm_jax.judge import benchmark, bias
 
@@ -37,11 +41,20 @@ class Outcome:
 
 
 def evaluate(run: runs.Run, stage: str, judge, eval_sets: dict[str, list[dict]], *, seed: int = 0,
-             ks: Sequence[int] = (1,), progress: bool = True) -> dict:
+             ks: Sequence[int] = (1,), progress: bool = True, untrained: bool = False) -> dict:
     """{set: evaluation report} of `judge` on every set, as stage `stage` of the run (read back when done).
-    Per-pair judgments go to <workdir>/eval/<stage>/judgments-<set>.jsonl."""
+    Per-pair judgments go to <workdir>/eval/<stage>/judgments-<set>.jsonl.
+
+    `untrained=True` says the judge holds the weights the run loaded (an `eval_0` stage). Then, with
+    `config.eval.shared_dir` set (the ablation sets it), the evaluation is copied from that directory when a run
+    with the same model, computation, judge config, pairs, seed and ks made it, and put there otherwise: the
+    ablation's STaR methods share one base judge, evaluated once."""
     if run.done(stage):
         return run.result(stage)
+    key = shared_evaluation_key(run, judge, eval_sets, seed=seed, ks=ks) if untrained and _shared_root(run) else None
+    shared = os.path.join(_shared_root(run), _digest(key)[:16]) if key else None
+    if shared and os.path.exists(os.path.join(shared, "result.json")):
+        return _reuse(run, stage, shared)
     out = {}
     for name, records in eval_sets.items():
         path = run.path("eval", stage, f"judgments-{name}.jsonl") if run.main else None
@@ -49,7 +62,81 @@ def evaluate(run: runs.Run, stage: str, judge, eval_sets: dict[str, list[dict]],
             os.makedirs(os.path.dirname(path), exist_ok=True)
         out[name] = benchmark.evaluate(judge, records, seed=seed, ks=ks, judgments_path=path, progress=progress)
         print(benchmark.category_table(f"{stage} {name}", out[name]), flush=True)
-    return run.finish(stage, out)
+    result = run.finish(stage, out)
+    if shared:
+        _share(run, stage, shared, key, result)
+    return result
+
+
+# The groups of a run's config that decide, besides the judge's config and the pairs, what an untrained judge's
+# evaluation gives: the weights loaded and how they compute (the sampler's batching included).
+SHARED_KEY_GROUPS = ("model", "compute_dtype", "kernels", "engine", "mesh")
+
+
+def shared_evaluation_key(run: runs.Run, judge, eval_sets: dict, *, seed: int, ks: Sequence[int]) -> dict:
+    """What identifies an untrained judge's evaluation: the config groups above, the model files' sizes and
+    times (a directory rewritten in place is another model), the judge's kind and config, the seed, ks and a
+    hash of every set's records."""
+    cfg = judge.config
+    model = run.config.get("model")
+    files = {}
+    if isinstance(model, str) and os.path.isdir(model):
+        files = {f: [os.path.getsize(os.path.join(model, f)), os.path.getmtime(os.path.join(model, f))]
+                 for f in sorted(os.listdir(model)) if os.path.isfile(os.path.join(model, f))}
+    elif isinstance(model, str) and os.path.isfile(model):
+        files = {model: [os.path.getsize(model), os.path.getmtime(model)]}
+    return runs.strict_json({
+        **{k: run.config.get(k) for k in SHARED_KEY_GROUPS}, "model_files": files,
+        "judge": type(judge).__name__,
+        "judge_config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else repr(cfg),
+        "seed": seed, "ks": list(ks), "sets": {name: _digest(recs) for name, recs in sorted(eval_sets.items())}})
+
+
+def _shared_root(run: runs.Run) -> str | None:
+    """config.eval.shared_dir, or None when sharing is off (not set, or a run of several processes, which would
+    all have to agree on every hit)."""
+    root = (run.config.get("eval") or {}).get("shared_dir")
+    return None if not root or distributed.is_multi_process() else os.path.abspath(root)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reuse(run: runs.Run, stage: str, shared: str) -> dict:
+    with open(os.path.join(shared, "result.json")) as f:
+        result = json.load(f)
+    if run.main:
+        os.makedirs(run.path("eval", stage), exist_ok=True)
+        for name in result:
+            src = os.path.join(shared, f"judgments-{name}.jsonl")
+            if os.path.exists(src):
+                shutil.copyfile(src, run.path("eval", stage, f"judgments-{name}.jsonl"))
+    print(f"{stage}: the same evaluation as {shared} (same model, judge, pairs and seed): read from there", flush=True)
+    for name, rep in result.items():
+        print(benchmark.category_table(f"{stage} {name}", rep), flush=True)
+    run.log({"event": "shared_evaluation", "stage": stage, "from": shared})
+    return run.finish(stage, result)
+
+
+def _share(run: runs.Run, stage: str, shared: str, key: dict, result: dict) -> None:
+    """Puts the stage's result and judgments in `shared`, whole or not at all (a directory renamed into place)."""
+    if not run.main or os.path.exists(shared):
+        return
+    os.makedirs(os.path.dirname(shared), exist_ok=True)
+    tmp = shared + f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in result:
+        src = run.path("eval", stage, f"judgments-{name}.jsonl")
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(tmp, f"judgments-{name}.jsonl"))
+    runs.write_json_atomic(os.path.join(tmp, "key.json"), {"made_by": run.dir, "stage": stage, "key": key})
+    runs.write_json_atomic(os.path.join(tmp, "result.json"), result)
+    try:
+        os.rename(tmp, shared)
+    except OSError:  # another run shared the same evaluation meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bias_stage(run: runs.Run, stage: str, judge, records: list[dict], eval_cfg) -> dict | None:

@@ -220,8 +220,9 @@ def check_config(workdir: str, config: Any) -> None:
             "Rerun with the same config to resume it, or choose another --workdir.")
 
 
-# Config groups that say where a run computes, not what it computes: a run may resume with other values.
-_WHERE_NOT_WHAT = ("mesh.", "device_memory_gib")
+# Config groups that say where a run computes (or finds what other runs share), not what it computes: a run may
+# resume with other values.
+_WHERE_NOT_WHAT = ("mesh.", "device_memory_gib", "eval.shared_dir")
 
 
 def _only_config(workdir: str) -> bool:

@@ -179,6 +179,9 @@ def test_ablation_smoke_end_to_end(tmp_path):
         report = _strict_json(tmp_path / r["run"] / "report.json")
         assert r["stage"] == [x for x in report["rows"] if x["stage"].startswith("eval_")][-1]["stage"]
     assert os.path.getsize(tmp_path / "ablation.png") > 0 and os.path.exists(tmp_path / "ablation.md")
+    # each sub-run put its base judge's evaluation where the next one with the same judge would read it
+    # (that reuse: tests/test_evaluation.py): one per base judge, the STaR methods' CoT judge and GenRM's
+    assert len(os.listdir(tmp_path / "shared")) == 1 + ("genrm" in methods)
     table = _table(first.stdout)
     assert len(table) == 2 + len(zero) + len(methods) and "in-distribution acc [95% CI]" in table[0]
 

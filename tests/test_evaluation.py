@@ -1,5 +1,6 @@
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -264,3 +265,57 @@ def test_verdict_accuracy_sees_a_position_locked_judge_as_a_tie(tmp_path):
         lines[1] = lines[1].replace('"votes_chosen"', '"votes"')
         (run / "eval" / "eval_1" / "judgments-v.jsonl").write_text("\n".join(lines) + "\n")
         ev.read_judgments(str(run / "eval" / "eval_1" / "judgments-v.jsonl"), verdicts=True)
+
+
+class _LongerWins:
+    """A judge preferring the longer answer (P 0.8), counting the pairs it judges; `config` a real JudgeConfig."""
+
+    def __init__(self, **cfg):
+        from genrm_jax.judge import api
+        self.api, self.config, self.judged = api, api.JudgeConfig(prompt="verify", **cfg), 0
+
+    def compare(self, conversations, answers_a, answers_b, *, progress=False):
+        n = len(conversations)
+        self.judged += n
+        p = np.array([0.8 if len(a) > len(b) else 0.2 for a, b in zip(answers_a, answers_b)])
+        votes = np.where(p > 0.5, self.api.VOTE_A, self.api.VOTE_B).astype(np.int8)[:, None, None]
+        return self.api.Judgment(p, votes, np.zeros((n, 1), bool), [[f"r{i}"] for i in range(n)])
+
+
+def test_an_untrained_judges_evaluation_is_shared_between_runs_of_the_same_base(tmp_path):
+    """report.evaluate(untrained=True) with config.eval.shared_dir: a second run with the same model, judge config,
+    pairs and seed reads the first one's evaluation (judgments included) without judging; any of those changed,
+    or a trained stage, or no shared_dir, judges again."""
+    from genrm_jax import report, runs
+
+    recs = [{"id": str(i), "prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "x" * (1 + i % 3),
+             "rejected": "y" * (2 - i % 2), "subset": "s", "category": "c", "source": "t"} for i in range(12)]
+    sets = {"verifiable-in": recs, "verifiable-shifted": recs[:5]}
+    shared = str(tmp_path / "shared")
+
+    def run(name, **config):
+        base = {"model": "m", "seed": 0, "eval": {"shared_dir": shared}}
+        return runs.Run(str(tmp_path / name), {**base, **config})
+
+    first, judge = run("a"), _LongerWins()
+    got = report.evaluate(first, "eval_0", judge, sets, untrained=True, progress=False)
+    assert judge.judged == 17 and len(os.listdir(shared)) == 1
+
+    again = _LongerWins()  # another method's run of the same base model: nothing judged, the same files
+    second = run("b", method="star_dpo", train={"learning_rate": 1.0})
+    assert report.evaluate(second, "eval_0", again, sets, untrained=True, progress=False) == got
+    assert again.judged == 0 and second.done("eval_0")
+    for name in sets:
+        rel = os.path.join("eval", "eval_0", f"judgments-{name}.jsonl")
+        assert open(tmp_path / "b" / rel).read() == open(tmp_path / "a" / rel).read() != ""
+
+    for name, judge_, sets_, config, untrained in [
+            ("c", _LongerWins(temperature=0.5), sets, {}, True),                        # another judge config
+            ("d", _LongerWins(), {**sets, "verifiable-in": recs[1:]}, {}, True),        # other pairs
+            ("e", _LongerWins(), sets, {"model": "another"}, True),                       # another model
+            ("f", _LongerWins(), sets, {"engine": {"max_batch": 4}}, True),                # computed otherwise
+            ("g", _LongerWins(), sets, {}, False),                                        # a trained judge
+            ("h", _LongerWins(), sets, {"eval": {"shared_dir": ""}}, True)]:              # sharing off
+        report.evaluate(run(name, **config), "eval_0", judge_, sets_, untrained=untrained, progress=False)
+        assert judge_.judged == sum(len(v) for v in sets_.values()), name
+    assert len(os.listdir(shared)) == 5  # a, c, d, e, f

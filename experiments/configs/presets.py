@@ -75,8 +75,10 @@ def base(preset: str, method: str | None = None) -> ml_collections.ConfigDict:
     # bias: position, length and master-key attack rates (judge/bias.py) before training and after, on the first
     # bias_pairs in-distribution pairs; the attack judges 2 x 10 keys x bias_attack_pairs pairs more.
     # every_iteration: evaluate after every STaR / Self-Rationalization iteration (false: only after the last)
+    # shared_dir: where runs of one base model share its untrained judge's evaluation (report.evaluate; the
+    # ablation sets it); "" = no sharing
     c.eval = ml_collections.ConfigDict(dict(ks=(1,), bias=True, bias_pairs=8, bias_attack_pairs=2,
-                                            every_iteration=True))
+                                            every_iteration=True, shared_dir=""))
     # The device mesh (sharding.mesh_from_config): -1 takes the devices left over. Pure data parallel by default;
     # an 8B model on a pod needs fsdp (params and AdamW moments split) and/or model (tensor parallel) > 1.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

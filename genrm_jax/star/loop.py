@@ -114,7 +114,7 @@ def run_loop(run: runs.Run, model, engine, method: methods.Method, star: StarCon
     judge = api.Judge(model, eval_judge_cfg, engine=engine)
     rows = [{"stage": "eval_0", "iteration": 0,
              **report.headline(report.evaluate(run, "eval_0", judge, eval_sets, seed=seed, ks=ks,
-                                               progress=progress))}]
+                                               progress=progress, untrained=True))}]
     # bias before training and after the last iteration (judge/bias.py; config.eval.bias=false skips it)
     bias_set = eval_sets.get(splits.IN_DISTRIBUTION, [])
     rows[0].update(report.bias_headline(report.bias_stage(run, "bias_0", judge, bias_set, eval_cfg or {})))

@@ -156,7 +156,8 @@ def evaluate(run: runs.Run, stage: str, judges: Judges, eval_sets: dict, gold_se
     for name, judge in (("pairwise", pair), ("pointwise", point)):
         if name not in judges.sre.tasks:
             continue
-        reps = report.evaluate(run, f"{stage}_{name}", judge, eval_sets, seed=seed, ks=ks, progress=progress)
+        reps = report.evaluate(run, f"{stage}_{name}", judge, eval_sets, seed=seed, ks=ks, progress=progress,
+                               untrained=stage == report.ZERO_SHOT_STAGE)
         row = {"stage": f"{stage}_{name}", "judge": name, **report.headline(reps)}
         if bias_cfg is not None:  # position, length and master-key bias (judge/bias.py) of this judge
             row.update(report.bias_headline(report.bias_stage(
