@@ -68,13 +68,18 @@ def sequence_logprobs(logits, tokens, loss_mask):
 
 def sft(logits, tokens, loss_mask) -> Loss:
     """Token-level cross-entropy on the masked tokens (Eq. 7 / Eq. 8)."""
-    m = loss_mask.astype(jnp.float32)
+    hit = jnp.argmax(logits, axis=-1)[:, :-1] == tokens[:, 1:]
+    return sft_scored(token_logprobs(logits, tokens), jnp.pad(hit, ((0, 0), (1, 0))), loss_mask)
+
+
+def sft_scored(logprobs, hits, weights) -> Loss:
+    """`sft` from the scored tokens' log-probs, whether each was the most likely token, and 0/1 weights (all
+    [B, K]): what `scored_logprobs` reads at a batch's scored positions only."""
+    m = weights.astype(jnp.float32)
     n = jnp.sum(m)
     denom = jnp.maximum(n, 1.0)
-    lp = token_logprobs(logits, tokens)
-    loss = -jnp.sum(lp * m) / denom
-    hit = (jnp.argmax(logits, axis=-1)[:, :-1] == tokens[:, 1:]).astype(jnp.float32)
-    acc = jnp.sum(hit * m[:, 1:]) / denom
+    loss = -jnp.sum(logprobs * m) / denom
+    acc = jnp.sum(hits.astype(jnp.float32) * m) / denom
     return Loss(loss, n, {"loss": loss, "token_accuracy": acc})
 
 
@@ -151,7 +156,8 @@ def _flat_pairs(batch):
     return flat(batch["tokens"]), flat(batch["mask"])
 
 
-PAIR_FIELDS = ("tokens", "mask", "loss_mask", "segment_ids", "positions", "src")  # what pair_logprobs reads
+PAIR_FIELDS = ("tokens", "mask", "loss_mask", "segment_ids", "positions", "src",  # what pair_logprobs reads
+               "score_index", "score_weight", "score_side")
 
 
 def pair_arrays(batch) -> dict:
@@ -159,31 +165,33 @@ def pair_arrays(batch) -> dict:
     return {k: batch[k] for k in PAIR_FIELDS if k in batch}
 
 
-def gathered_logprobs(logits, src, tokens):
-    """[B, T] log p(tokens[b, t]) read from the logits at position src[b, t] (logits [B, T, V]).
-
-    Gathers the picked logits and the [B, T] logsumexp by (row, src, token) index: no [B, T, V] log-softmax or
-    reordered copy of the logits is materialised.
-    """
-    logits = logits.astype(jnp.float32)
-    rows = jnp.arange(tokens.shape[0])[:, None]
-    picked = logits[rows, src, tokens]
-    return picked - jnp.take_along_axis(jax.nn.logsumexp(logits, axis=-1), src, axis=1)
+def scored_logprobs(model_params, batch, config: llama.LlamaConfig, **forward_kw):
+    """log p and whether it was the argmax, [B, K], of the tokens at `batch["score_index"]` (data.pipeline), read
+    from the final hidden states at the positions that predict them (`batch["src"]` of a packed pair, else the
+    previous position). The LM head and its log-softmax run on those K positions per row, not all L: a
+    verdict-only SFT step scores one token in ~200, and the head is ~20% of a 135M model's FLOPs."""
+    out = llama.forward(model_params, batch["tokens"], config, logits=False, return_hidden=True, **forward_kw)
+    index = batch["score_index"]
+    src = jnp.take_along_axis(batch["src"], index, axis=1) if "src" in batch else jnp.maximum(index - 1, 0)
+    hidden = jnp.take_along_axis(out.hidden, src[:, :, None], axis=1)
+    logits = llama.unembed(model_params, hidden, config).astype(jnp.float32)
+    target = jnp.take_along_axis(batch["tokens"], index, axis=1)
+    picked = jnp.take_along_axis(logits, target[:, :, None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1), jnp.argmax(logits, axis=-1) == target
 
 
 def pair_logprobs(model_params, batch, config: llama.LlamaConfig):
     """[B, 2] summed completion log-probs of (chosen, rejected) under `model_params`.
 
     A packed batch (data.pipeline, `packed=True`: one row [prompt | chosen | rejected] per pair, with
-    `segment_ids`, `positions`, `src` [B, L] and `loss_mask` [B, 2, L]) runs the prompt once; otherwise the
-    [B, 2, L] rows run as 2B sequences.
+    `segment_ids`, `positions`, `src` and the scored positions `score_*`) runs the prompt once and the LM head on
+    the completions' tokens only (`scored_logprobs`); otherwise the [B, 2, L] rows run as 2B sequences.
     """
     if "segment_ids" in batch:
-        tokens = batch["tokens"]
-        logits = llama.forward(model_params, tokens, config, positions=batch["positions"],
-                               segment_ids=batch["segment_ids"], shared_prefix=True).logits
-        lp = gathered_logprobs(logits, batch["src"], tokens)
-        return jnp.sum(lp[:, None, :] * batch["loss_mask"].astype(jnp.float32), axis=-1)
+        lp, _ = scored_logprobs(model_params, batch, config, positions=batch["positions"],
+                                segment_ids=batch["segment_ids"], shared_prefix=True)
+        w, side = batch["score_weight"].astype(jnp.float32), batch["score_side"].astype(jnp.float32)
+        return jnp.stack([jnp.sum(lp * w * (1.0 - side), axis=-1), jnp.sum(lp * w * side, axis=-1)], axis=1)
     tokens, mask = _flat_pairs(batch)
     loss_mask = jnp.concatenate([batch["loss_mask"][:, 0], batch["loss_mask"][:, 1]], axis=0)
     logits = llama.forward(model_params, tokens, config, attention_mask=mask).logits
@@ -238,6 +246,9 @@ def make_loss_fn(kind: str, config: llama.LlamaConfig, *, beta: float | None = N
 @register_loss("sft", pairs=False)
 def _sft_objective(config, beta):
     def fn(params, batch, rng):
+        if "score_index" in batch:  # a pipeline batch: the LM head on the scored positions only
+            lp, hits = scored_logprobs(params["model"], batch, config, attention_mask=batch["mask"])
+            return sft_scored(lp, hits, batch["score_weight"])
         logits = llama.forward(params["model"], batch["tokens"], config, attention_mask=batch["mask"]).logits
         return sft(logits, batch["tokens"], batch["loss_mask"])
     return fn

@@ -216,3 +216,54 @@ def test_a_registered_loss_is_one_function(monkeypatch):
     assert callable(losses.make_loss_fn("hinge", tiny_config()))
     with pytest.raises(ValueError, match="registered twice"):
         losses.register_loss("sft", pairs=False)(_hinge)
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_the_lm_head_on_scored_positions_only_gives_the_full_losses_and_gradients(kind):
+    """Pipeline batches carry their scored positions (score_index): SFT and packed-pair losses run the LM head on
+    those only. Loss, metrics and every gradient equal the full-logits path (SFT: the same batch without them;
+    DPO: the unpacked pairs, two full sequences each) with tied and untied unembeddings, padded rows included, and
+    with one scored token per row (GenRM's verdict)."""
+    from chartok import CharTokenizer
+
+    from genrm_jax.data.pipeline import Pipeline
+
+    verdict = [{"messages": [{"role": "user", "content": f"judge {i}"}], "target": "AB"[i % 2]} for i in range(6)]
+    rationale = [{"messages": [{"role": "user", "content": f"q {i}"}], "target": f"reason {'x' * i} [[A]]"}
+                 for i in range(7)]
+    pairs = [{"messages": [{"role": "user", "content": f"judge {i}"}], "chosen": f"A because {i}",
+              "rejected": f"B since {i * 7}"} for i in range(5)]
+    cases = {"sft": [(verdict, True), (rationale, False)], "dpo": [(pairs, True), (pairs, False)]}[kind]
+    for records, tie in cases:
+        cfg = tiny_config(tie_word_embeddings=tie)
+        params = {"model": llama.init(jax.random.PRNGKey(1), cfg)}
+        loss_fn = losses.make_loss_fn(kind, cfg)
+
+        def last_batch(packed):  # 4 rows, of which 2, 3 or 1 real: the rest padding
+            pipe = Pipeline(records, kind, CharTokenizer(), max_len=48, buckets=(48,), batch_size=4,
+                            packed=packed, progress=False)
+            if kind == "dpo":
+                pipe.attach_reference(np.stack([[-20.0 - i, -25.0 + i] for i in range(len(pipe.examples))]))
+            batch = list(pipe.sequential_batches())[-1]
+            assert batch["n_valid"] < 4
+            return pipe, {k: v for k, v in batch.items() if k != "n_valid"}
+
+        pipe, scored = last_batch(kind == "dpo")
+        assert scored["score_index"].shape[1] == pipe.scored and pipe.scored % 8 == 0
+        full = (last_batch(False)[1] if kind == "dpo"
+                else {k: v for k, v in scored.items() if not k.startswith("score_")})
+        assert "score_index" not in full
+
+        def value_and_grad(b):
+            return jax.value_and_grad(lambda p: loss_fn(p, b, None).value)(params), loss_fn(params, b, None)
+
+        (v_s, g_s), out_s = value_and_grad(scored)
+        (v_f, g_f), out_f = value_and_grad(full)
+        np.testing.assert_allclose(float(v_s), float(v_f), rtol=1e-5, atol=1e-6)
+        assert float(out_s.weight) == float(out_f.weight) > 0
+        for name in out_f.metrics:
+            np.testing.assert_allclose(float(out_s.metrics[name]), float(out_f.metrics[name]), rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_s), jax.tree_util.tree_leaves(g_f)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6,
+                                       err_msg=jax.tree_util.keystr(path))

@@ -239,9 +239,15 @@ def epoch_plan(buckets_of: np.ndarray, batch_size: int, seed: int, epoch: int, *
 
 
 def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int | None = None, *,
-            real: int | None = None, packed: bool = False) -> dict:
+            real: int | None = None, packed: bool = False, scored: int = 0) -> dict:
     """Right-padded arrays: single sequences -> [B, L]; pairs -> [B, 2, L] (leading axis = examples); `packed`
     pairs -> one row each (`_pack`).
+
+    Packed pairs, and single sequences with `scored` > 0, also hold the positions of each row's scored tokens:
+    `score_index` [B, K] (padded with 0), `score_weight` [B, K] (1 for a scored token) and, packed, `score_side`
+    [B, K] (1 for a rejected token), so that losses run the LM head on those positions only
+    (losses.scored_logprobs). K = `scored` must hold every row's scored tokens (`scored_width`, the default for
+    packed pairs).
 
     With `batch_size` larger than len(examples), the batch is filled to that size with copies of its first
     example that count for nothing: `valid` [B] is 0 for them (pair losses weight by it) and their loss mask
@@ -255,6 +261,8 @@ def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int 
         out = _pack(examples, length, pad_id)
         out["loss_mask"][real:] = 0
         out["valid"] = (np.arange(len(examples)) < real).astype(np.float32)
+        out.update(_score_positions(out["loss_mask"].max(axis=1), scored or scored_width(examples, packed=True),
+                                    side=out["loss_mask"][:, 1]))
         return _extras(out, examples)
     n_seq = len(examples[0]["tokens"])
     shape = (len(examples), n_seq, length)
@@ -271,7 +279,39 @@ def collate(examples: Sequence[dict], length: int, pad_id: int, batch_size: int 
            "valid": (np.arange(len(examples)) < real).astype(np.float32)}
     if n_seq == 1:
         out = {k: (v[:, 0] if k != "valid" else v) for k, v in out.items()}
+        if scored:
+            out.update(_score_positions(out["loss_mask"], scored))
     return _extras(out, examples)
+
+
+def scored_count(ex: dict, packed: bool = False) -> int:
+    """How many tokens of an encoded example a loss scores (in its packed row, for a packed pair)."""
+    if packed:
+        return int(ex["loss_mask"][0].sum() + ex["loss_mask"][1][ex["prefix_len"]:].sum())
+    return int(sum(m.sum() for m in ex["loss_mask"]))
+
+
+def scored_width(examples: Sequence[dict], packed: bool = False, multiple: int = 8) -> int:
+    """The `scored` of `collate` for these examples: the most scored tokens of any, rounded up to `multiple`
+    (the width is a traced shape: a few more columns keep it, and the compiled step, the same across data sets
+    of similar judgments)."""
+    most = max((scored_count(ex, packed) for ex in examples), default=1)
+    return -(-max(most, 1) // multiple) * multiple
+
+
+def _score_positions(loss_mask: np.ndarray, width: int, side: np.ndarray | None = None) -> dict:
+    """[B, L] 0/1 -> `score_index`, `score_weight` (and `score_side` from the [B, L] `side`) of width `width`."""
+    b = loss_mask.shape[0]
+    index, weight = np.zeros((b, width), np.int32), np.zeros((b, width), np.float32)
+    sides = np.zeros((b, width), np.int32)
+    for i in range(b):
+        at = np.flatnonzero(loss_mask[i])
+        if len(at) > width:
+            raise ValueError(f"row {i} scores {len(at)} tokens, more than the batch's width {width}")
+        index[i, :len(at)], weight[i, :len(at)] = at, 1.0
+        if side is not None:
+            sides[i, :len(at)] = side[i, at]
+    return {"score_index": index, "score_weight": weight, **({"score_side": sides} if side is not None else {})}
 
 
 def _extras(out: dict, examples: Sequence[dict]) -> dict:
@@ -307,15 +347,17 @@ def _pack(examples: Sequence[dict], length: int, pad_id: int) -> dict:
 
 
 class _Collate(grain.transforms.Map):
-    def __init__(self, examples, pad_id, rows, packed):
+    def __init__(self, examples, pad_id, rows, packed, scored):
         self._examples, self._pad_id, self._rows, self._packed = examples, pad_id, rows, packed
+        self._scored = scored
 
     def map(self, entry):
         length, idx = entry
         start, stop = self._rows
         mine = list(idx[start:stop])  # the last batch of a bucket may have no row for this process
         picked = [self._examples[i] for i in (mine or idx[:1])]
-        return collate(picked, length, self._pad_id, stop - start, real=len(mine), packed=self._packed)
+        return collate(picked, length, self._pad_id, stop - start, real=len(mine), packed=self._packed,
+                       scored=self._scored)
 
 
 class Pipeline:
@@ -363,7 +405,10 @@ class Pipeline:
         if not self.plan:
             raise DataError(f"{len(self.examples)} {kind} examples make no full batch of {batch_size} "
                             f"in any length bucket {self.buckets}")
-        self.dataset = grain.MapDataset.source(self.plan).map(_Collate(self.examples, self.pad_id, self.rows, packed))
+        # SFT and packed pairs carry their scored positions: the LM head runs on those only (losses.py)
+        self.scored = scored_width(self.examples, packed) if kind == "sft" or packed else 0
+        self.dataset = grain.MapDataset.source(self.plan).map(
+            _Collate(self.examples, self.pad_id, self.rows, packed, self.scored))
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -378,7 +423,7 @@ class Pipeline:
         for start in range(0, len(self.examples), bs):
             chunk = self.examples[start:start + bs]
             length = int(self.bucket_of[start:start + len(chunk)].max())
-            batch = collate(chunk, length, self.pad_id, bs, packed=self.packed)
+            batch = collate(chunk, length, self.pad_id, bs, packed=self.packed, scored=self.scored)
             batch["n_valid"] = len(chunk)
             yield batch
 
