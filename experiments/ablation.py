@@ -67,7 +67,6 @@ def _overrides(c) -> list[str]:
 
 def run_method(m: str, workdir: str, preset: str, overrides: list[str]) -> tuple[int, float]:
     """Runs (or resumes) one sub-run, streaming its output; returns (exit status, seconds)."""
-    # The sub-runs share their base model's evaluations (report.evaluate): the STaR methods' zero-shot judge is one.
     cmd = [sys.executable, "-m", f"experiments.{m}", "--workdir", os.path.join(workdir, m),
            f"--config={os.path.join(REPO, 'experiments', 'configs', m + '.py')}:{preset}",
            f"--config.eval.shared_dir={os.path.join(workdir, SHARED)}", *overrides]

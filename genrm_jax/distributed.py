@@ -30,6 +30,9 @@ def initialize() -> None:
     if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
         # XLA:CPU has no cross-process collectives of its own: gloo (over TCP) does the all-reduces
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # A CPU program that process 0 wrote to the persistent compilation cache and process 1 read back waits
+        # forever in its first collective (jax 0.10.2; tests/test_multihost.py hung in CI that way): compile each.
+        jax.config.update("jax_enable_compilation_cache", False)
     jax.distributed.initialize(**kwargs)
 
 
@@ -42,4 +45,4 @@ def is_main_process() -> bool:
     """Only process 0 writes reports, samples and exports; every process writes its checkpoint shards."""
     # Without jax.distributed there is one process: asking JAX would start a backend (and on a GPU take most of its
     # memory) just to write a file, e.g. in the ablation's parent process.
-    return not jax.distributed.is_initialized() or jax.process_index() == 0
+    return not is_multi_process() or jax.process_index() == 0

@@ -51,8 +51,9 @@ def evaluate(run: runs.Run, stage: str, judge, eval_sets: dict[str, list[dict]],
     ablation's STaR methods share one base judge, evaluated once."""
     if run.done(stage):
         return run.result(stage)
-    key = shared_evaluation_key(run, judge, eval_sets, seed=seed, ks=ks) if untrained and _shared_root(run) else None
-    shared = os.path.join(_shared_root(run), _digest(key)[:16]) if key else None
+    root = _shared_root(run) if untrained else None
+    key = shared_evaluation_key(run, judge, eval_sets, seed=seed, ks=ks) if root else None
+    shared = os.path.join(root, _digest(key)[:16]) if root else None
     if shared and os.path.exists(os.path.join(shared, "result.json")):
         return _reuse(run, stage, shared)
     out = {}

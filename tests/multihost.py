@@ -7,8 +7,10 @@ greedy samples from Engine(mesh=...), writes through the main-process gate, and 
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +63,8 @@ def main(out: str) -> None:
         runs.append_jsonl(f, {"id": "x", "samples": samples})
     hf.save_hf(params, model.config, os.path.join(out, "export"))
     print(json.dumps({"process": pid, "processes": jax.process_count(), "final_loss": info["final_loss"],
-                      "steps": info["steps"], "samples": samples}), flush=True)
+                      "steps": info["steps"], "samples": samples,
+                      "compilation_cache": jax.config.jax_enable_compilation_cache}), flush=True)
 
 
 def sync(name: str) -> None:
@@ -72,4 +75,6 @@ def sync(name: str) -> None:
 
 
 if __name__ == "__main__":
+    # the test sends SIGUSR1 before it kills a process that is past its time: the stacks say where it waited
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     main(sys.argv[1])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genrm_jax import evaluation as ev
+from genrm_jax.judge import api
 
 # A hand-made per-subset accuracy table and its section scores worked out by hand with the official counts.
 TABLE = {
@@ -271,15 +272,14 @@ class _LongerWins:
     """A judge preferring the longer answer (P 0.8), counting the pairs it judges; `config` a real JudgeConfig."""
 
     def __init__(self, **cfg):
-        from genrm_jax.judge import api
-        self.api, self.config, self.judged = api, api.JudgeConfig(prompt="verify", **cfg), 0
+        self.config, self.judged = api.JudgeConfig(prompt="verify", **cfg), 0
 
     def compare(self, conversations, answers_a, answers_b, *, progress=False):
         n = len(conversations)
         self.judged += n
         p = np.array([0.8 if len(a) > len(b) else 0.2 for a, b in zip(answers_a, answers_b)])
-        votes = np.where(p > 0.5, self.api.VOTE_A, self.api.VOTE_B).astype(np.int8)[:, None, None]
-        return self.api.Judgment(p, votes, np.zeros((n, 1), bool), [[f"r{i}"] for i in range(n)])
+        votes = np.where(p > 0.5, api.VOTE_A, api.VOTE_B).astype(np.int8)[:, None, None]
+        return api.Judgment(p, votes, np.zeros((n, 1), bool), [[f"r{i}"] for i in range(n)])
 
 
 def test_an_untrained_judges_evaluation_is_shared_between_runs_of_the_same_base(tmp_path):
