@@ -7,9 +7,12 @@ several processes on one machine). Otherwise there is one process and nothing to
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
+
+log = logging.getLogger(__name__)
 
 
 def initialize() -> None:
@@ -30,8 +33,10 @@ def initialize() -> None:
     if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
         # XLA:CPU has no cross-process collectives of its own: gloo (over TCP) does the all-reduces
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        # A CPU program that process 0 wrote to the persistent compilation cache and process 1 read back waits
-        # forever in its first collective (jax 0.10.2; tests/test_multihost.py hung in CI that way): compile each.
+        # A CPU program with collectives read back from the persistent compilation cache can wait forever in its
+        # first collective (jax 0.10.2; CI's two-process test hung so): every process compiles its own.
+        if jax.config.jax_compilation_cache_dir:
+            log.warning("multi-process CPU run: the persistent compilation cache is off (docs/scale-out.md)")
         jax.config.update("jax_enable_compilation_cache", False)
     jax.distributed.initialize(**kwargs)
 
