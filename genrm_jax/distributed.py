@@ -34,7 +34,7 @@ def initialize() -> None:
         # XLA:CPU has no cross-process collectives of its own: gloo (over TCP) does the all-reduces
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         # A CPU program with collectives read back from the persistent compilation cache can wait forever in its
-        # first collective (jax 0.10.2; CI's two-process test hung so): every process compiles its own.
+        # first collective (jax 0.10.2; docs/scale-out.md): every process compiles its own.
         if jax.config.jax_compilation_cache_dir:
             log.warning("multi-process CPU run: the persistent compilation cache is off (docs/scale-out.md)")
         jax.config.update("jax_enable_compilation_cache", False)

@@ -34,21 +34,20 @@ def _env(devices: int, **extra) -> dict:
 def _start(out, env):
     """Starts one process writing to files beside OUT: with pipes, a process whose pipe is not being read blocks
     once it has written 64 KiB, and the others then wait for it at their next collective."""
-    os.makedirs(out, exist_ok=True)
-    pid = env.get("JAX_PROCESS_ID", "0")
-    logs = [open(f"{out}.{pid}.{name}", "w+") for name in ("stdout", "stderr")]
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "multihost.py"), str(out)], env=env,
-                            cwd=os.path.dirname(HERE), stdout=logs[0], stderr=logs[1], text=True)
+    logs = tuple(f"{out}.{env.get('JAX_PROCESS_ID', '0')}.{name}" for name in ("stdout", "stderr"))
+    with open(logs[0], "w") as stdout, open(logs[1], "w") as stderr:
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "multihost.py"), str(out)], env=env,
+                                cwd=os.path.dirname(HERE), stdout=stdout, stderr=stderr)
     proc.logs = logs
     return proc
 
 
 def _output(proc) -> tuple[str, str]:
+    """(stdout, stderr) of a finished process."""
     texts = []
-    for f in proc.logs:
-        f.seek(0)
-        texts.append(f.read())
-        f.close()
+    for path in proc.logs:
+        with open(path) as f:
+            texts.append(f.read())
     return texts[0], texts[1]
 
 
