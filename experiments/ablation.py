@@ -18,6 +18,7 @@ the same), 2 for a bad config.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -91,12 +92,23 @@ def run_method(m: str, workdir: str, preset: str, overrides: list[str]) -> tuple
     return rc, seconds
 
 
+def _earlier_timings(workdir: str, methods: list[str]) -> dict:
+    """The sub-runs' exit status and seconds from the ablation.json already in `workdir`, so that a collect_only
+    pass keeps how long each took when it ran (a sub-run run again gets its new time)."""
+    path = os.path.join(workdir, "ablation.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f).get("runs") or {}
+    return {m: earlier[m] for m in methods if m in earlier}
+
+
 def main(argv):
     del argv
     c, workdir = cli.config(), os.path.abspath(cli.workdir())
     methods, overrides = _methods(c), _overrides(c)
     os.makedirs(workdir, exist_ok=True)
-    failures, timings = {}, {}
+    failures, timings = {}, _earlier_timings(workdir, methods)
     if not c.collect_only:
         for m in methods:
             rc, seconds = run_method(m, workdir, c.preset, overrides)

@@ -228,13 +228,16 @@ def columns(rows_: Sequence[dict] = ()) -> list:
                  (f"{n} vs bt_rm", at(n, lambda c: _vs(c, "bt_rm"))),
                  (f"{n} verdict acc", at(n, lambda c: _opt(c.get("verdict_accuracy")))),
                  (f"{n} verdict vs zero-shot", at(n, lambda c: _vs(c, "zero-shot", "verdict_")))]
-    cols += [("in-distribution acc [95% CI]", at(idn, _acc_ci)),
-             ("ID maj@1", at(idn, lambda c: _opt(c["maj@1"]))),
-             ("ID maj@k", at(idn, _majk)),
-             ("ID verdict acc", at(idn, lambda c: _opt(c.get("verdict_accuracy")))),
-             ("ID invalid", at(idn, lambda c: _opt(c["invalid_rate"]))),
-             ("ID vs zero-shot", at(idn, lambda c: _vs(c, "zero-shot"))),
-             ("ID vs bt_rm", at(idn, lambda c: _vs(c, "bt_rm"))),
+    # the HH-RLHF held-out set is in distribution only when the runs trained on HH-RLHF, not on other sets
+    # (the `learn` preset trains on the verifiable families)
+    full, short = ("in-distribution", "ID") if not others else ("HH-RLHF held-out", "HH")
+    cols += [(f"{full} acc [95% CI]", at(idn, _acc_ci)),
+             (f"{short} maj@1", at(idn, lambda c: _opt(c["maj@1"]))),
+             (f"{short} maj@k", at(idn, _majk)),
+             (f"{short} verdict acc", at(idn, lambda c: _opt(c.get("verdict_accuracy")))),
+             (f"{short} invalid", at(idn, lambda c: _opt(c["invalid_rate"]))),
+             (f"{short} vs zero-shot", at(idn, lambda c: _vs(c, "zero-shot"))),
+             (f"{short} vs bt_rm", at(idn, lambda c: _vs(c, "bt_rm"))),
              ("RewardBench acc [95% CI]", at(ood, _acc_ci))]
     cols += [(f"RB {s}", at(ood, lambda c, s=s: _opt(c["sections"].get(s)))) for s in SECTIONS]
     cols += [("RB maj@1", at(ood, lambda c: _opt(c["maj@1"]))),
@@ -263,9 +266,15 @@ def footnotes(rows_: list[dict], *, preset: str, model: str | None, eval_pairs: 
     sizes = f" ({', '.join(f'{k}: {v} pairs' for k, v in eval_pairs.items())})" if eval_pairs else ""
     notes.append(f"All runs use preset {preset!r}: the same data config and seed, so the same train / held-out "
                  f"split and the same evaluation pairs{sizes}.")
-    notes.append("In-distribution: held-out pairs of the training distribution (never trained on); RewardBench "
-                 "(RB): a stratified out-of-distribution sample, sections weighted by RewardBench's example "
-                 "counts, Score = the mean of the sections.")
+    others = [n for r in rows_ for n in r["sets"] if n not in (IN_DISTRIBUTION, OUT_OF_DISTRIBUTION)]
+    if others:
+        notes.append(f"{', '.join(dict.fromkeys(others))}: the runs' own evaluation sets (for verifiable pairs: "
+                     "held-out problems of the trained families, and the shifted families); HH-RLHF held-out "
+                     "and RewardBench (RB) are out of distribution for these runs.")
+    else:
+        notes.append("In-distribution: held-out pairs of the training distribution (never trained on).")
+    notes.append("RewardBench (RB): a stratified out-of-distribution sample, sections weighted by RewardBench's "
+                 "example counts, Score = the mean of the sections.")
     notes.append("maj@k: expected accuracy of a majority vote over k sampled judgments (sampling judges only; "
                  "n/a for single-judgment and reward-head methods). invalid: share of judgments without a verdict.")
     notes.append("acc: P(chosen) averaged over both answer orders, above 1/2; verdict acc: each verdict counted (a "
@@ -276,9 +285,33 @@ def footnotes(rows_: list[dict], *, preset: str, model: str | None, eval_pairs: 
 # ---------------------------------------------------------------------------------------------- outputs
 
 
+SET_LABELS = {IN_DISTRIBUTION: "HH-RLHF held out", OUT_OF_DISTRIBUTION: "RewardBench"}
+
+
+def plot_series(rows_: Sequence[dict]) -> list[tuple[str, list, list]]:
+    """The plot's bar groups: (label, value per row, 95% CI per row or None), one group per evaluation set in the
+    rows' order of first appearance, so the `learn` preset's verifiable in-distribution and shifted sets are
+    plotted beside HH-RLHF and RewardBench; RewardBench shows its section Score when the rows have one."""
+    names = list(dict.fromkeys(n for r in rows_ for n in r["sets"]))
+    out = []
+    for name in names:
+        cells = [r["sets"].get(name) for r in rows_]
+        scored = name == OUT_OF_DISTRIBUTION and any(c and "Score" in c["sections"] for c in cells)
+        values = [None if c is None else (c["sections"].get("Score", c["accuracy"]) if scored else c["accuracy"])
+                  for c in cells]
+        cis = [None if c is None or scored else c.get("ci95") for c in cells]
+        n = next((c["n"] for c in cells if c and c.get("n")), None)
+        label = SET_LABELS.get(name, name)
+        if name == IN_DISTRIBUTION and set(names) <= {IN_DISTRIBUTION, OUT_OF_DISTRIBUTION}:
+            label = "in-distribution (HH-RLHF held out)"  # the runs trained on HH-RLHF
+        label += (" (Score)" if scored else "") + (f", {n} pairs" if n else "")
+        out.append((label, values, cis))
+    return out
+
+
 def plot(rows_: list[dict], path: str, title: str) -> bool:
-    """Grouped bars per method: in-distribution accuracy (95% CI whiskers) and RewardBench (Score when there,
-    else accuracy); a dashed line at 0.5, chance. False when no row has a result."""
+    """Grouped bars per method, one per evaluation set (plot_series), with 95% CI whiskers where the set has
+    them; a dashed line at 0.5, chance. False when no row has a result."""
     shown = [r for r in rows_ if r["status"] == "ok" and r["sets"]]
     if not shown:
         return False
@@ -288,23 +321,14 @@ def plot(rows_: list[dict], path: str, title: str) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    def rb(r):
-        c = r["sets"].get(OUT_OF_DISTRIBUTION)
-        return None if c is None else c["sections"].get("Score", c["accuracy"])
-
-    groups = [("in-distribution", lambda r: (r["sets"].get(IN_DISTRIBUTION) or {}).get("accuracy"),
-               lambda r: (r["sets"].get(IN_DISTRIBUTION) or {}).get("ci95"))]
-    if any(rb(r) is not None for r in shown):
-        scored = any("Score" in (r["sets"].get(OUT_OF_DISTRIBUTION) or {}).get("sections", {}) for r in shown)
-        groups.append(("RewardBench" + (" (Score)" if scored else ""), rb, lambda r: None))
+    groups = plot_series(shown)
     x = np.arange(len(shown))
     width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(shown) + 2), 4.2))
-    for g, (label, value, ci) in enumerate(groups):
-        ys = np.array([np.nan if value(r) is None else value(r) for r in shown], float)
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.3 * len(groups) + 0.5) * len(shown) + 2), 4.2))
+    for g, (label, values, cis) in enumerate(groups):
+        ys = np.array([np.nan if v is None else v for v in values], float)
         err = np.zeros((2, len(shown)))
-        for i, r in enumerate(shown):
-            c = ci(r)
+        for i, c in enumerate(cis):
             if c and None not in c and not np.isnan(ys[i]):
                 err[:, i] = [max(0.0, ys[i] - c[0]), max(0.0, c[1] - ys[i])]
         pos = x - 0.4 + width * (g + 0.5)

@@ -241,10 +241,25 @@ SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"
            "train_final_loss")
 
 
-def _header(column: str) -> str:
+def own_sets(rows: Sequence[dict]) -> list[str]:
+    """The evaluation sets other than HH-RLHF held out and RewardBench (the `learn` preset's verifiable sets): a run
+    that has them trained on them, so HH-RLHF held out is not its in-distribution set."""
+    names = dict.fromkeys(k.partition("/")[0] for r in rows for k in r if k.endswith("/accuracy"))
+    return [n for n in names if n not in SHORT]
+
+
+def _header(column: str, short: dict) -> str:
     name, _, field = column.partition("/")
-    return (f"{SHORT.get(name, name)} {field}".replace("position_consistency", "pos. consistency")
+    return (f"{short.get(name, name)} {field}".replace("position_consistency", "pos. consistency")
             .replace("verdict_accuracy", "verdict acc.") if field else name)
+
+
+def _legend(rows: Sequence[dict]) -> str:
+    if own_sets(rows):
+        return (f"HH: held-out HH-RLHF pairs, RB: the RewardBench sample; both out of distribution for this run, "
+                f"which trained on the distribution of {', '.join(own_sets(rows))}.")
+    return ("ID: held-out HH-RLHF pairs (in-distribution, never trained on); RB: the RewardBench sample (out of "
+            "distribution).")
 
 
 def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
@@ -259,7 +274,8 @@ def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
                       or (c.endswith("/ci95") and c.replace("/ci95", "/accuracy") in other_sets)
                       or (c.endswith("/verdict_accuracy") and c.replace("/verdict_accuracy", "/accuracy") in other_sets)]
                    + [c for c in present if "/maj@" in c])
-    lines = ["| " + " | ".join(_header(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    short = {**SHORT, IN_DISTRIBUTION: "HH"} if own_sets(rows) else SHORT
+    lines = ["| " + " | ".join(_header(c, short) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -272,8 +288,7 @@ def write(run: runs.Run, rows: list[dict], *, title: str, extra: dict | None = N
     if not run.main:
         return paths
     runs.write_json_atomic(paths["json"], {"title": title, "rows": rows, **(extra or {})})
-    text = (f"# {title}\n\n{table(rows, columns)}\n\nID: held-out HH-RLHF pairs (in-distribution, never trained "
-            f"on); RB: the RewardBench sample (out of distribution). `{VS}`: accuracy difference against the "
+    text = (f"# {title}\n\n{table(rows, columns)}\n\n{_legend(rows)} `{VS}`: accuracy difference against the "
             f"untrained judge of this run on the same pairs, paired bootstrap 95% interval, exact McNemar p-value; "
             f"** marks p < {evaluation.SIGNIFICANCE_LEVEL}. Verdict acc. / `{VERDICT_VS}`: the same with each verdict "
             f"counted (a pair whose verdict follows the position, not the answers, scores 1/2). Every figure is in report.json; the per-pair judgments "

@@ -89,6 +89,9 @@ def test_rows_table_and_split_check(tmp_path):
     for col in ("in-distribution acc [95% CI]", "ID maj@k", "RB Chat Hard", "RB Score", "RewardBench acc"):
         assert col in header
     assert "RB maj@1" not in header  # no row has it: left out
+    assert [label for label, _, _ in ablation_report.plot_series(rows[:5])] == [
+        "in-distribution (HH-RLHF held out), 100 pairs", "RewardBench (Score)"]
+    assert ablation_report.plot_series(rows[:5])[1][1] == [0.575, 0.575, 0.575, 0.575, None]  # bt_rm: no RB set
     assert "| star_dpo | star_dpo/eval_2 | 0.650 [0.600, 0.700] |" in text
     assert "| pairrm (no report.json) |" in text
 
@@ -133,17 +136,27 @@ def test_significance_against_zero_shot_and_bt_rm_from_the_judgments(tmp_path):
     text = ablation_report.table(rows)
     assert "verifiable-in vs zero-shot" in text.splitlines()[0] and "+0.300" in text and "**" in text
     assert "verifiable-in verdict vs zero-shot" in text.splitlines()[0] and "+0.150" in text
+    # these runs trained on verifiable pairs: HH-RLHF is not their in-distribution set, in the table or the plot
+    assert "HH-RLHF held-out acc [95% CI]" in text.splitlines()[0] and "in-distribution acc" not in text
+    notes = ablation_report.footnotes(rows, preset="learn", model=None, eval_pairs=None)
+    assert any("out of distribution for these runs" in n for n in notes)
+    series = ablation_report.plot_series(rows)
+    assert [label for label, _, _ in series] == ["HH-RLHF held out", "verifiable-in"]
+    assert series[1][1] == [None, 0.8, None]  # the zero-shot row's eval_0 row has no verifiable-in accuracy
 
 
 def test_collect_only_and_config_errors(tmp_path):
     _fake_run(tmp_path, "star_sft", [_row("eval_0", 0.5), _row("eval_1", 0.6)])
     _fake_run(tmp_path, "star_dpo", [_row("eval_0", 0.5), _row("eval_1", 0.7)])
+    timed = {"star_sft": {"exit_status": 0, "seconds": 1021.5}, "star_dpo": {"exit_status": 0, "seconds": 677.0}}
+    runs.write_json_atomic(str(tmp_path / "ablation.json"), {"runs": timed})  # the pass that ran them
     r = _ablation(tmp_path, "--config.methods=star_sft,star_dpo", "--config.collect_only", preset="small",
                   timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| star_dpo | star_dpo/eval_1 | 0.700 [0.650, 0.750] | 0.010 |" in r.stdout
     got = _strict_json(tmp_path / "ablation.json")
     assert [x["method"] for x in got["rows"]] == ["llm_judge (zero-shot CoT)", "star_sft", "star_dpo"]
+    assert got["runs"] == timed  # collecting again keeps how long each sub-run took
     r = _ablation(tmp_path, "--config.methods=star_sft,star_dpo", "--config.collect_only", preset="default",
                   timeout=120)  # the runs are of preset small
     assert r.returncode == 1 and "preset differs from 'default'" in r.stderr

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from genrm_jax import compare, report, runs
 from genrm_jax import evaluation as ev
 from genrm_jax.judge import api
 
@@ -205,8 +206,6 @@ def _write_judgments(path, p_chosen, ids=None, subset="s"):
 
 
 def test_compare_command_reads_runs_stages_and_files(tmp_path, capsys):
-    from genrm_jax import compare
-
     run = tmp_path / "run"
     before = [0.4] * 50 + [0.9] * 50          # right on 50 of 100
     after = [0.9] * 45 + [0.2] * 5 + [0.9] * 50  # right on 95: 45 more, none lost
@@ -240,8 +239,6 @@ def test_compare_command_reads_runs_stages_and_files(tmp_path, capsys):
 def test_verdict_accuracy_sees_a_position_locked_judge_as_a_tie(tmp_path):
     """A judge that answers by position (first shown wins in both orders) gets P(chosen) averaged over the orders
     of 1/2 plus a tiny margin; its accuracy follows that margin's sign, its verdict accuracy is exactly 1/2."""
-    from genrm_jax import compare, report
-
     records = [{"subset": "s", "category": "c", "id": str(i)} for i in range(4)]
     locked = np.array([[[1], [0]], [[0], [1]], [[1], [0]], [[0], [1]]])  # chosen shown first wins, then loses
     rep = ev.dataset_report(records, np.array([0.503, 0.502, 0.501, 0.499]), locked)
@@ -268,6 +265,17 @@ def test_verdict_accuracy_sees_a_position_locked_judge_as_a_tie(tmp_path):
         ev.read_judgments(str(run / "eval" / "eval_1" / "judgments-v.jsonl"), verdicts=True)
 
 
+def test_report_table_calls_hh_rlhf_in_distribution_only_when_the_run_trained_on_it():
+    hh = {"stage": "eval_1", "hh-rlhf-held-out/accuracy": 0.6, "rewardbench/accuracy": 0.5}
+    header = report.table([hh]).splitlines()[0]
+    assert "ID accuracy" in header and "RB accuracy" in header and report.own_sets([hh]) == []
+    learn = {**hh, "verifiable-in/accuracy": 0.9, "verifiable-shifted/accuracy": 0.4}
+    header = report.table([learn]).splitlines()[0]
+    assert "HH accuracy" in header and "ID accuracy" not in header and "verifiable-in accuracy" in header
+    assert report.own_sets([learn]) == ["verifiable-in", "verifiable-shifted"]
+    assert "out of distribution for this run" in report._legend([learn])
+
+
 class _LongerWins:
     """A judge preferring the longer answer (P 0.8), counting the pairs it judges; `config` a real JudgeConfig."""
 
@@ -286,8 +294,6 @@ def test_an_untrained_judges_evaluation_is_shared_between_runs_of_the_same_base(
     """report.evaluate(untrained=True) with config.eval.shared_dir: a second run with the same model, judge config,
     pairs and seed reads the first one's evaluation (judgments included) without judging; any of those changed,
     or a trained stage, or no shared_dir, judges again."""
-    from genrm_jax import report, runs
-
     recs = [{"id": str(i), "prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "x" * (1 + i % 3),
              "rejected": "y" * (2 - i % 2), "subset": "s", "category": "c", "source": "t"} for i in range(12)]
     sets = {"verifiable-in": recs, "verifiable-shifted": recs[:5]}
