@@ -210,13 +210,19 @@ def _vs(cell: dict, key: str, prefix: str = "") -> str | None:
     return f"{v['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={v['mcnemar_p']:.2g}" + (" **" if v["significant"] else "")
 
 
+def own_sets(rows_: Sequence[dict]) -> list[str]:
+    """The evaluation sets other than HH-RLHF held out and RewardBench (the `learn` preset's verifiable sets): runs
+    that have them trained on them, so HH-RLHF held out is not their in-distribution set."""
+    return [n for n in dict.fromkeys(n for r in rows_ for n in r["sets"]) if n not in (IN_DISTRIBUTION,
+                                                                                   OUT_OF_DISTRIBUTION)]
+
+
 def columns(rows_: Sequence[dict] = ()) -> list:
     """(header, row -> cell text or None); a column with no value in any row is left out of the table. Sets other
     than the held-out HH-RLHF and RewardBench ones (the verifiable families' in-distribution and shifted sets)
     get accuracy columns of their own; every set gets its comparisons against the zero-shot judge and bt_rm."""
     idn, ood = IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
-    names = list(dict.fromkeys(n for r in rows_ for n in r["sets"]))
-    others = [n for n in names if n not in (idn, ood)]
+    others = own_sets(rows_)
 
     def at(name, fn):
         return lambda r: fn(r["sets"][name]) if name in r["sets"] else None
@@ -266,9 +272,9 @@ def footnotes(rows_: list[dict], *, preset: str, model: str | None, eval_pairs: 
     sizes = f" ({', '.join(f'{k}: {v} pairs' for k, v in eval_pairs.items())})" if eval_pairs else ""
     notes.append(f"All runs use preset {preset!r}: the same data config and seed, so the same train / held-out "
                  f"split and the same evaluation pairs{sizes}.")
-    others = [n for r in rows_ for n in r["sets"] if n not in (IN_DISTRIBUTION, OUT_OF_DISTRIBUTION)]
+    others = own_sets(rows_)
     if others:
-        notes.append(f"{', '.join(dict.fromkeys(others))}: the runs' own evaluation sets (for verifiable pairs: "
+        notes.append(f"{', '.join(others)}: the runs' own evaluation sets (for verifiable pairs: "
                      "held-out problems of the trained families, and the shifted families); HH-RLHF held-out "
                      "and RewardBench (RB) are out of distribution for these runs.")
     else:
@@ -302,7 +308,7 @@ def plot_series(rows_: Sequence[dict]) -> list[tuple[str, list, list]]:
         cis = [None if c is None or scored else c.get("ci95") for c in cells]
         n = next((c["n"] for c in cells if c and c.get("n")), None)
         label = SET_LABELS.get(name, name)
-        if name == IN_DISTRIBUTION and set(names) <= {IN_DISTRIBUTION, OUT_OF_DISTRIBUTION}:
+        if name == IN_DISTRIBUTION and not own_sets(rows_):
             label = "in-distribution (HH-RLHF held out)"  # the runs trained on HH-RLHF
         label += (" (Score)" if scored else "") + (f", {n} pairs" if n else "")
         out.append((label, values, cis))
