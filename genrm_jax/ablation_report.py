@@ -19,6 +19,7 @@ import os
 from typing import Sequence
 
 from genrm_jax import evaluation, methods, runs
+from genrm_jax.data import splits
 from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 
 SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning", "Score")
@@ -211,10 +212,8 @@ def _vs(cell: dict, key: str, prefix: str = "") -> str | None:
 
 
 def own_sets(rows_: Sequence[dict]) -> list[str]:
-    """The evaluation sets other than HH-RLHF held out and RewardBench (the `learn` preset's verifiable sets): runs
-    that have them trained on them, so HH-RLHF held out is not their in-distribution set."""
-    return [n for n in dict.fromkeys(n for r in rows_ for n in r["sets"]) if n not in (IN_DISTRIBUTION,
-                                                                                   OUT_OF_DISTRIBUTION)]
+    """splits.own_sets of the sets these table rows have."""
+    return splits.own_sets(n for r in rows_ for n in r["sets"])
 
 
 def columns(rows_: Sequence[dict] = ()) -> list:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from genrm_jax import distributed, evaluation, runs
+from genrm_jax.data import splits
 from genrm_jax.data.splits import IN_DISTRIBUTION, OUT_OF_DISTRIBUTION
 from genrm_jax.judge import benchmark, bias
 
@@ -242,10 +243,8 @@ SUMMARY = ("stage", f"{IN_DISTRIBUTION}/accuracy", f"{IN_DISTRIBUTION}/ci95", f"
 
 
 def own_sets(rows: Sequence[dict]) -> list[str]:
-    """The evaluation sets other than HH-RLHF held out and RewardBench (the `learn` preset's verifiable sets): a run
-    that has them trained on them, so HH-RLHF held out is not its in-distribution set."""
-    names = dict.fromkeys(k.partition("/")[0] for r in rows for k in r if k.endswith("/accuracy"))
-    return [n for n in names if n not in SHORT]
+    """splits.own_sets of the sets these report rows have an accuracy for."""
+    return splits.own_sets(k.partition("/")[0] for r in rows for k in r if k.endswith("/accuracy"))
 
 
 def _header(column: str, short: dict) -> str:

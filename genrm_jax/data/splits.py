@@ -19,6 +19,12 @@ IN_DISTRIBUTION = "hh-rlhf-held-out"  # the evaluation sets' names in every repo
 OUT_OF_DISTRIBUTION = "rewardbench"
 
 
+def own_sets(names) -> list[str]:
+    """The evaluation sets among `names` other than HH-RLHF held out and RewardBench (the `learn` preset's verifiable
+    sets), in order: runs that have them trained on them, so HH-RLHF held out is not their in-distribution set."""
+    return [n for n in dict.fromkeys(names) if n not in (IN_DISTRIBUTION, OUT_OF_DISTRIBUTION)]
+
+
 def unit_hash(seed: int, key: str) -> float:
     """A stable pseudo-random number in [0, 1) for (seed, key)."""
     digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
